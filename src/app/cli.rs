@@ -1,0 +1,292 @@
+//! The headless command line: `wgtune generate | eval | inspect | bench`. Every command prints
+//! one readable line on error and exits non-zero; nothing user-supplied can panic it.
+
+use super::files::{model_source, read_blob, write_atomic, DirSource};
+use crate::backend::{BackendChoice, SelectedBackend, select};
+use crate::io::tokenizer::ChatMessage;
+use crate::model::generate::{SamplingConfig, generate};
+use crate::model::llama::causal_lm_loss;
+use crate::model::loader::{LoadedModel, load_model, read_model};
+use crate::model::read_f32;
+use crate::train::data::{Example, Tokenize, load_examples};
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// wgtune: finetune small language models on any GPU through WebGPU (or on the CPU).
+#[derive(Parser, Debug)]
+#[command(name = "wgtune", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Sub-commands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Continue a prompt with the model (KV cache; greedy, temperature, top-p).
+    Generate(GenerateArgs),
+    /// Mean loss and perplexity of a model on a data file; optional dump of logits/loss/grads.
+    Eval(EvalArgs),
+    /// Architecture, parameter count, tensor types and memory of a model.
+    Inspect(InspectArgs),
+    /// Forward and generation throughput of a model on the chosen backend.
+    Bench(BenchArgs),
+}
+
+/// Options shared by every command that runs a model.
+#[derive(Args, Debug, Clone)]
+pub struct ModelArgs {
+    /// HF model folder (config.json + *.safetensors + tokenizer.json) or a .gguf file.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// auto (wgpu on a real GPU, else CPU), wgpu, or cpu.
+    #[arg(long, default_value = "auto")]
+    pub backend: BackendChoice,
+}
+
+/// `wgtune generate`.
+#[derive(Args, Debug)]
+pub struct GenerateArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Text to continue.
+    #[arg(long)]
+    pub prompt: String,
+    /// Wrap the prompt as a user message in the model's chat template.
+    #[arg(long)]
+    pub chat: bool,
+    /// Maximum number of new tokens.
+    #[arg(long, default_value_t = 64)]
+    pub max_new_tokens: usize,
+    /// Sampling temperature; 0 = greedy.
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f32,
+    /// Nucleus sampling threshold.
+    #[arg(long, default_value_t = 1.0)]
+    pub top_p: f32,
+    /// Sampler seed.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+/// `wgtune eval`.
+#[derive(Args, Debug)]
+pub struct EvalArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// jsonl (or JSON array) data: `input_ids` (+ optional `labels`), `text`, or alpaca records.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Evaluate only the first N records.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// peft adapter folder to apply (adapter loading lands with the adapters issue).
+    #[arg(long)]
+    pub adapter: Option<PathBuf>,
+    /// Write `logits` [B,T,V] and `loss` [1] of the whole file as one batch to this safetensors file.
+    #[arg(long)]
+    pub dump: Option<PathBuf>,
+    /// With --adapter and --dump: also dump the loss gradient of every adapter tensor.
+    #[arg(long)]
+    pub grads: bool,
+}
+
+/// `wgtune inspect`.
+#[derive(Args, Debug)]
+pub struct InspectArgs {
+    /// HF model folder or .gguf file.
+    #[arg(long)]
+    pub model: PathBuf,
+}
+
+/// `wgtune bench`.
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Prompt length (tokens) of the forward benchmark.
+    #[arg(long, default_value_t = 128)]
+    pub seq: usize,
+    /// New tokens in the generation benchmark.
+    #[arg(long, default_value_t = 32)]
+    pub gen_tokens: usize,
+    /// Timed repetitions of the forward pass (median reported).
+    #[arg(long, default_value_t = 3)]
+    pub iters: usize,
+    /// Also write the results as JSON here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+/// Run the parsed command line.
+pub fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Generate(a) => cmd_generate(a),
+        Command::Eval(a) => cmd_eval(a),
+        Command::Inspect(a) => cmd_inspect(a),
+        Command::Bench(a) => crate::bench::cmd_bench(a),
+    }
+}
+
+/// Select the backend and say which one was taken.
+pub fn pick_backend(choice: BackendChoice) -> Result<SelectedBackend> {
+    let b = select(choice).map_err(anyhow::Error::msg)?;
+    eprintln!("backend: {}", b.description);
+    Ok(b)
+}
+
+/// Load the model at `path` onto `device`.
+pub fn load(path: &Path, device: &burn::tensor::Device) -> Result<LoadedModel> {
+    let mut dir: Option<DirSource> = None;
+    let src = model_source(path, &mut dir)?;
+    Ok(load_model(src, device)?)
+}
+
+fn cmd_generate(a: GenerateArgs) -> Result<()> {
+    let backend = pick_backend(a.model.backend)?;
+    let lm = load(&a.model.model, &backend.device)?;
+    let tok = lm.tokenizer.as_ref().context("the model has no tokenizer (tokenizer.json or GGUF vocabulary)")?;
+    let text = if a.chat {
+        let tmpl = lm.chat_template.as_ref().context("--chat: the model has no chat template")?;
+        tmpl.render(&[ChatMessage { role: "user".into(), content: a.prompt.clone() }], true)?
+    } else {
+        a.prompt.clone()
+    };
+    let prompt = tok.encode(text.as_str(), !a.chat).map_err(anyhow::Error::msg)?.get_ids().to_vec();
+    if prompt.is_empty() {
+        bail!("the prompt tokenizes to nothing");
+    }
+    let cfg = SamplingConfig {
+        temperature: a.temperature,
+        top_p: a.top_p,
+        max_new_tokens: a.max_new_tokens,
+        seed: a.seed,
+    };
+    print!("{}", a.prompt);
+    let mut shown = String::new();
+    let mut all = Vec::new();
+    let out = pollster::block_on(generate(&lm.model, &prompt, &cfg, |t| {
+        all.push(t);
+        if let Ok(s) = tok.decode(&all, true) {
+            print!("{}", &s[shown.len().min(s.len())..]);
+            let _ = std::io::stdout().flush();
+            shown = s;
+        }
+    }))?;
+    println!();
+    eprintln!(
+        "{} new tokens, prompt {} tokens in {:.2}s, generation {:.2} tokens/s{}",
+        out.tokens.len(),
+        prompt.len(),
+        out.prefill_secs,
+        out.tokens_per_sec(),
+        if out.stopped_on_eos { " (stopped on EOS)" } else { "" }
+    );
+    Ok(())
+}
+
+fn read_examples(path: &Path, lm: &LoadedModel, limit: Option<usize>) -> Result<Vec<Example>> {
+    let blob = read_blob(path)?;
+    let text = std::str::from_utf8((*blob).as_ref()).with_context(|| format!("{}: not UTF-8 text", path.display()))?;
+    let tok = lm.tokenizer.as_ref().map(|t| Tokenize { tokenizer: t, chat_template: lm.chat_template.as_ref() });
+    let mut ex = load_examples(text, &path.display().to_string(), tok.as_ref())?;
+    if let Some(n) = limit {
+        ex.truncate(n);
+    }
+    Ok(ex)
+}
+
+fn cmd_eval(a: EvalArgs) -> Result<()> {
+    if a.grads && (a.adapter.is_none() || a.dump.is_none()) {
+        bail!("--grads needs --adapter (the tensors to differentiate) and --dump (where to write them)");
+    }
+    if let Some(dir) = &a.adapter {
+        bail!("{}: loading peft adapters is not implemented yet (it lands with the adapters issue)", dir.display());
+    }
+    let backend = pick_backend(a.model.backend)?;
+    let lm = load(&a.model.model, &backend.device)?;
+    let examples = read_examples(&a.data, &lm, a.limit)?;
+    if let Some(dump) = &a.dump {
+        let t = examples[0].input_ids.len();
+        if let Some((i, e)) = examples.iter().enumerate().find(|(_, e)| e.input_ids.len() != t) {
+            bail!(
+                "{}: --dump evaluates the file as one batch and needs equal lengths: record 1 has {t} tokens, record {} has {}",
+                a.data.display(),
+                i + 1,
+                e.input_ids.len()
+            );
+        }
+        let ids: Vec<Vec<u32>> = examples.iter().map(|e| e.input_ids.clone()).collect();
+        let labels: Vec<Vec<i64>> = examples.iter().map(|e| e.labels.clone()).collect();
+        let logits = lm.model.forward(&ids, None)?;
+        let dims = logits.dims();
+        let (loss, count) = causal_lm_loss(logits.clone(), &labels)?;
+        let loss_v = pollster::block_on(read_f32(loss))?;
+        let logits_v = pollster::block_on(read_f32(logits))?;
+        let mut out = BTreeMap::new();
+        out.insert("logits".to_string(), (dims.to_vec(), logits_v));
+        out.insert("loss".to_string(), (vec![1], loss_v.clone()));
+        let bytes = crate::io::safetensors::serialize_f32(&out, None)?;
+        write_atomic(dump, &bytes).with_context(|| format!("{}: cannot write", dump.display()))?;
+        println!("loss {:.6}  perplexity {:.4}  ({count} tokens, dumped to {})", loss_v[0], loss_v[0].exp(), dump.display());
+        return Ok(());
+    }
+    let (mut total, mut tokens) = (0.0f64, 0usize);
+    for e in &examples {
+        let logits = lm.model.forward(std::slice::from_ref(&e.input_ids), None)?;
+        let (loss, count) = match causal_lm_loss(logits, std::slice::from_ref(&e.labels)) {
+            Ok(x) => x,
+            Err(crate::model::ModelError::NoLabels) => continue,
+            Err(err) => return Err(err.into()),
+        };
+        total += pollster::block_on(read_f32(loss))?[0] as f64 * count as f64;
+        tokens += count;
+    }
+    if tokens == 0 {
+        bail!("{}: no scored tokens in the data", a.data.display());
+    }
+    let mean = total / tokens as f64;
+    println!("loss {mean:.6}  perplexity {:.4}  ({} records, {tokens} scored tokens)", mean.exp(), examples.len());
+    Ok(())
+}
+
+fn cmd_inspect(a: InspectArgs) -> Result<()> {
+    let mut dir: Option<DirSource> = None;
+    let files = read_model(model_source(&a.model, &mut dir)?)?;
+    let c = &files.config;
+    println!("model        {}", a.model.display());
+    println!("format       {}", files.format);
+    println!("architecture LlamaForCausalLM");
+    println!(
+        "shape        {} layers, hidden {}, intermediate {}, heads {} (kv {}), head_dim {}, vocab {}",
+        c.num_hidden_layers, c.hidden_size, c.intermediate_size, c.num_attention_heads, c.num_key_value_heads, c.head_dim, c.vocab_size
+    );
+    println!(
+        "rope         theta {}{}, max positions {}, tied embeddings {}",
+        c.rope_theta,
+        if c.rope_scaling.is_some() { " (llama3 scaling)" } else { "" },
+        c.max_position_embeddings,
+        c.tie_word_embeddings
+    );
+    println!("parameters   {} ({:.1} M)", c.num_parameters(), c.num_parameters() as f64 / 1e6);
+    let mut by_type: BTreeMap<&str, (usize, usize, usize)> = BTreeMap::new();
+    for t in files.checkpoint.tensors.values() {
+        let e = by_type.entry(t.type_name()).or_default();
+        e.0 += 1;
+        e.1 += t.numel();
+        e.2 += t.stored_bytes();
+    }
+    for (ty, (n, numel, bytes)) in &by_type {
+        println!("tensors      {n:4} x {ty:<5} {:>8.1} M params  {:>8.1} MiB", *numel as f64 / 1e6, *bytes as f64 / 1048576.0);
+    }
+    let stored: usize = by_type.values().map(|v| v.2).sum();
+    let dense: usize = by_type.values().map(|v| v.1 * 4).sum();
+    println!("memory       {:.1} MiB as stored, {:.1} MiB as f32 on the device", stored as f64 / 1048576.0, dense as f64 / 1048576.0);
+    println!("tokenizer    {}", if files.tokenizer.is_some() { "yes" } else { "none" });
+    println!("chat         {}", if files.chat_template.is_some() { "template present" } else { "no template" });
+    Ok(())
+}

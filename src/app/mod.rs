@@ -1,0 +1,5 @@
+//! Front ends: the headless CLI (and, with later issues, the egui app and the web entry). File
+//! access, blocking on futures and the process exit code live here, not in the core.
+
+pub mod cli;
+pub mod files;

@@ -1,0 +1,99 @@
+//! Choosing where tensors live: burn's wgpu backend on a real GPU, burn's CPU backend (flex)
+//! otherwise. Software GPUs (lavapipe, SwiftShader) are ~60x slower than the CPU backend on these
+//! machines, so `auto` takes them only when asked (`--backend wgpu`), e.g. to test WGSL paths.
+
+use burn::tensor::Device;
+use std::fmt;
+use std::str::FromStr;
+
+/// The user's backend request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BackendChoice {
+    /// wgpu on a real GPU, else the CPU backend.
+    #[default]
+    Auto,
+    /// wgpu on whatever adapter it finds (software ones included).
+    Wgpu,
+    /// burn's CPU backend.
+    Cpu,
+}
+
+impl FromStr for BackendChoice {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "wgpu" => Ok(Self::Wgpu),
+            "cpu" => Ok(Self::Cpu),
+            _ => Err(format!("unknown backend `{s}` (expected auto, wgpu or cpu)")),
+        }
+    }
+}
+
+impl fmt::Display for BackendChoice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Auto => "auto",
+            Self::Wgpu => "wgpu",
+            Self::Cpu => "cpu",
+        })
+    }
+}
+
+/// The device picked and a one-line description for the user.
+#[derive(Debug, Clone)]
+pub struct SelectedBackend {
+    /// Device to create tensors on.
+    pub device: Device,
+    /// e.g. `wgpu (Vulkan, NVIDIA H100)` or `cpu (flex; only a software GPU was found: llvmpipe)`.
+    pub description: String,
+    /// True for the wgpu backend.
+    pub is_wgpu: bool,
+}
+
+fn cpu(reason: &str) -> SelectedBackend {
+    SelectedBackend {
+        device: Device::flex(),
+        description: format!("cpu (burn flex backend{reason})"),
+        is_wgpu: false,
+    }
+}
+
+/// The wgpu runtime, initialised once per process (burn refuses a second initialisation).
+#[cfg(not(target_arch = "wasm32"))]
+fn wgpu_runtime() -> &'static Result<(Device, burn::tensor::wgpu::wgpu::AdapterInfo), String> {
+    static RUNTIME: std::sync::OnceLock<Result<(Device, burn::tensor::wgpu::wgpu::AdapterInfo), String>> =
+        std::sync::OnceLock::new();
+    RUNTIME.get_or_init(|| {
+        Device::wgpu_options()
+            .init_with_setup()
+            .map(|(device, setup)| (device, setup.adapter.get_info()))
+            .map_err(|e| e.to_string())
+    })
+}
+
+/// Pick the backend (native: wgpu initialises synchronously; the web front end uses
+/// `Device::wgpu_options().init_async()` instead).
+#[cfg(not(target_arch = "wasm32"))]
+pub fn select(choice: BackendChoice) -> Result<SelectedBackend, String> {
+    use burn::tensor::wgpu::wgpu::DeviceType;
+    if choice == BackendChoice::Cpu {
+        return Ok(cpu(""));
+    }
+    match wgpu_runtime() {
+        Ok((device, info)) => {
+            let device = device.clone();
+            let software = info.device_type == DeviceType::Cpu;
+            if software && choice == BackendChoice::Auto {
+                return Ok(cpu(&format!("; the only GPU adapter is a software one: {}", info.name)));
+            }
+            Ok(SelectedBackend {
+                device,
+                description: format!("wgpu ({:?}, {}{})", info.backend, info.name, if software { ", software" } else { "" }),
+                is_wgpu: true,
+            })
+        }
+        Err(e) if choice == BackendChoice::Auto => Ok(cpu(&format!("; no usable GPU adapter: {e}"))),
+        Err(e) => Err(format!("wgpu backend unavailable: {e}")),
+    }
+}

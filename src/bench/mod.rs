@@ -1,0 +1,71 @@
+//! Benchmark harness shared by `wgtune bench` and `cargo bench`: forward (prefill) tokens/s and
+//! KV-cached generation tokens/s of a model on one backend. Timings live here, never in tests.
+
+use crate::app::cli::{BenchArgs, load, pick_backend};
+use crate::model::generate::{SamplingConfig, generate};
+use crate::model::read_f32;
+use anyhow::{Result, bail};
+use std::time::Instant;
+
+/// One benchmark run's figures.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ModelBench {
+    /// Backend description.
+    pub backend: String,
+    /// Prompt length of the forward pass.
+    pub seq: usize,
+    /// Median forward seconds (one sequence, logits read back).
+    pub forward_secs: f64,
+    /// Forward tokens per second.
+    pub forward_tokens_per_s: f64,
+    /// Generated tokens.
+    pub gen_tokens: usize,
+    /// Generation tokens per second (KV cache, greedy).
+    pub gen_tokens_per_s: f64,
+}
+
+/// `wgtune bench`: time the model's forward pass and generation.
+pub fn cmd_bench(a: BenchArgs) -> Result<()> {
+    if a.seq == 0 || a.iters == 0 {
+        bail!("--seq and --iters must be positive");
+    }
+    let backend = pick_backend(a.model.backend)?;
+    let lm = load(&a.model.model, &backend.device)?;
+    let vocab = lm.model.config.vocab_size as u32;
+    let ids: Vec<u32> = (0..a.seq as u32).map(|i| (i * 7919 + 13) % vocab).collect();
+    let forward = || -> Result<f64> {
+        let t0 = Instant::now();
+        let logits = lm.model.forward(std::slice::from_ref(&ids), None)?;
+        let v = lm.model.config.vocab_size;
+        let last = logits.slice([0..1, a.seq - 1..a.seq, 0..v]);
+        pollster::block_on(read_f32(last))?;
+        Ok(t0.elapsed().as_secs_f64())
+    };
+    forward()?; // warm-up: shader compilation and autotune
+    let mut times: Vec<f64> = (0..a.iters).map(|_| forward()).collect::<Result<_>>()?;
+    times.sort_by(f64::total_cmp);
+    let forward_secs = times[times.len() / 2];
+    let cfg = SamplingConfig { max_new_tokens: a.gen_tokens, ..Default::default() };
+    let mut model = lm.model;
+    model.config.eos_token_ids.clear(); // time exactly gen_tokens steps
+    let prompt = &ids[..ids.len().min(16)];
+    pollster::block_on(generate(&model, prompt, &SamplingConfig { max_new_tokens: 2, ..cfg.clone() }, |_| {}))?;
+    let g = pollster::block_on(generate(&model, prompt, &cfg, |_| {}))?;
+    let r = ModelBench {
+        backend: backend.description,
+        seq: a.seq,
+        forward_secs,
+        forward_tokens_per_s: a.seq as f64 / forward_secs,
+        gen_tokens: g.tokens.len(),
+        gen_tokens_per_s: g.tokens_per_sec(),
+    };
+    println!(
+        "forward: {} tokens in {:.3}s = {:.1} tokens/s | generation: {} tokens at {:.2} tokens/s | {}",
+        r.seq, r.forward_secs, r.forward_tokens_per_s, r.gen_tokens, r.gen_tokens_per_s, r.backend
+    );
+    if let Some(path) = &a.json {
+        let json = serde_json::to_vec_pretty(&serde_json::json!({ "results": [r] }))?;
+        crate::app::files::write_atomic(path, &json)?;
+    }
+    Ok(())
+}

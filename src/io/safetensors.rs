@@ -1,0 +1,60 @@
+//! HF safetensors in and out: f32 / f16 / bf16 tensors to host f32, and serialisation of named
+//! f32 tensors (the caller writes the bytes atomically; the core never touches the disk).
+
+use super::LoadError;
+use crate::model::weights::{HostData, HostTensor};
+use safetensors::{Dtype, SafeTensors, tensor::TensorView};
+use std::collections::BTreeMap;
+
+/// Parse a safetensors blob, naming `file` in the error when it is truncated or malformed.
+pub fn parse<'a>(bytes: &'a [u8], file: &str) -> Result<SafeTensors<'a>, LoadError> {
+    SafeTensors::deserialize(bytes).map_err(|e| LoadError::Safetensors {
+        file: file.to_string(),
+        reason: e.to_string(),
+    })
+}
+
+/// Convert one stored tensor to a host tensor in f32 (f16 and bf16 are widened exactly).
+pub fn to_host(view: &TensorView<'_>, name: &str, file: &str) -> Result<HostTensor, LoadError> {
+    let bytes = view.data();
+    let values: Vec<f32> = match view.dtype() {
+        Dtype::F32 => bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
+        Dtype::F16 => bytes
+            .chunks_exact(2)
+            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        Dtype::BF16 => bytes
+            .chunks_exact(2)
+            .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        other => {
+            return Err(LoadError::invalid(
+                file,
+                format!("tensor `{name}` has dtype {other:?}; expected F32, F16 or BF16"),
+            ));
+        }
+    };
+    Ok(HostTensor {
+        shape: view.shape().to_vec(),
+        data: HostData::F32(values),
+    })
+}
+
+/// Serialise named f32 tensors (`(shape, values)`) into safetensors bytes, keys sorted.
+pub fn serialize_f32(
+    tensors: &BTreeMap<String, (Vec<usize>, Vec<f32>)>,
+    metadata: Option<std::collections::HashMap<String, String>>,
+) -> Result<Vec<u8>, safetensors::SafeTensorError> {
+    let bytes: Vec<(&String, Vec<u8>, &Vec<usize>)> = tensors
+        .iter()
+        .map(|(k, (shape, v))| (k, bytemuck::cast_slice::<f32, u8>(v).to_vec(), shape))
+        .collect();
+    let views = bytes
+        .iter()
+        .map(|(k, b, shape)| Ok(((*k).clone(), TensorView::new(Dtype::F32, (*shape).clone(), b)?)))
+        .collect::<Result<Vec<_>, safetensors::SafeTensorError>>()?;
+    safetensors::serialize(views, metadata)
+}

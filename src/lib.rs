@@ -1,0 +1,20 @@
+//! wgtune: a cross-platform WebGPU finetuner for small Llama-family models.
+//!
+//! Data flows one way: files ([`io`]) → model ([`model`], with quantized bases from [`quant`]) →
+//! adapters → training loop → metrics → front end. The core library never touches the file
+//! system and never blocks on GPU readbacks, so the same code runs natively and in a browser tab;
+//! file access and the event loop belong to the front ends in [`app`].
+
+pub mod backend;
+pub mod io;
+pub mod model;
+pub mod quant;
+pub mod train;
+
+#[cfg(not(target_arch = "wasm32"))]
+pub mod app;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod bench;
+
+pub use model::llama::{Llama, LlamaConfig};
+pub use model::loader::{LoadedModel, load_model};

@@ -1,0 +1,153 @@
+//! Self-attention as HF's Llama computes it: rotate_half RoPE (with optional Llama-3 frequency
+//! scaling), grouped-query attention, causal softmax, and the KV cache used for generation.
+
+use super::linear::AdaptedLinear;
+use super::llama::RopeScaling;
+use burn::tensor::{Bool, Device, Tensor, TensorData, activation::softmax};
+
+/// RoPE inverse frequencies exactly as transformers computes them in f32, including Llama-3
+/// scaling (`_compute_llama3_parameters`).
+pub fn inv_freq(head_dim: usize, theta: f64, scaling: Option<&RopeScaling>) -> Vec<f32> {
+    let base = theta as f32;
+    let freqs = (0..head_dim / 2).map(|j| 1.0f32 / base.powf((2 * j) as f32 / head_dim as f32));
+    let Some(s) = scaling else {
+        return freqs.collect();
+    };
+    let (factor, low, high, old) = (
+        s.factor as f32,
+        s.low_freq_factor as f32,
+        s.high_freq_factor as f32,
+        s.original_max_position_embeddings as f32,
+    );
+    let low_wavelen = old / low;
+    let high_wavelen = old / high;
+    freqs
+        .map(|f| {
+            let wavelen = 2.0 * std::f32::consts::PI / f;
+            let scaled = if wavelen > low_wavelen { f / factor } else { f };
+            let smooth = (old / wavelen - low) / (high - low);
+            let smoothed = (1.0 - smooth) * scaled / factor + smooth * scaled;
+            let medium = !(wavelen < high_wavelen) && !(wavelen > low_wavelen);
+            if medium { smoothed } else { scaled }
+        })
+        .collect()
+}
+
+/// cos/sin tables `[T, head_dim]` (as `cat(ang, ang)`) for positions `start..start+len`.
+pub fn rope_tables(inv_freq: &[f32], start: usize, len: usize, device: &Device) -> (Tensor<2>, Tensor<2>) {
+    let d = inv_freq.len() * 2;
+    let mut cos = Vec::with_capacity(len * d);
+    let mut sin = Vec::with_capacity(len * d);
+    for t in start..start + len {
+        for _ in 0..2 {
+            for &f in inv_freq {
+                let a = t as f32 * f;
+                cos.push(a.cos());
+                sin.push(a.sin());
+            }
+        }
+    }
+    (
+        Tensor::from_data(TensorData::new(cos, [len, d]), device),
+        Tensor::from_data(TensorData::new(sin, [len, d]), device),
+    )
+}
+
+/// `x·cos + rotate_half(x)·sin` for `x` of shape `[B, H, T, D]`.
+fn apply_rope(x: Tensor<4>, cos: &Tensor<4>, sin: &Tensor<4>) -> Tensor<4> {
+    let [b, h, t, d] = x.dims();
+    let first = x.clone().slice([0..b, 0..h, 0..t, 0..d / 2]);
+    let second = x.clone().slice([0..b, 0..h, 0..t, d / 2..d]);
+    let rotated = Tensor::cat(vec![second.neg(), first], 3);
+    x * cos.clone() + rotated * sin.clone()
+}
+
+/// Cached keys and values of one layer, `[B, KV, T, D]` each.
+#[derive(Debug, Clone, Default)]
+pub struct LayerCache {
+    kv: Option<(Tensor<4>, Tensor<4>)>,
+}
+
+/// Per-forward context shared by all layers: RoPE tables and the causal mask.
+pub struct AttnContext {
+    /// cos `[1, 1, T, D]`.
+    pub cos: Tensor<4>,
+    /// sin `[1, 1, T, D]`.
+    pub sin: Tensor<4>,
+    /// `true` where a query may NOT attend to a key: `[1, 1, T, past + T]`.
+    pub mask: Option<Tensor<4, Bool>>,
+}
+
+impl AttnContext {
+    /// Tables for `len` new positions after `past` cached ones.
+    pub fn new(inv_freq: &[f32], past: usize, len: usize, device: &Device) -> Self {
+        let (cos, sin) = rope_tables(inv_freq, past, len, device);
+        let d = inv_freq.len() * 2;
+        let mask = (len > 1).then(|| {
+            let total = past + len;
+            let blocked: Vec<bool> = (0..len)
+                .flat_map(|i| (0..total).map(move |j| j > past + i))
+                .collect();
+            Tensor::<4, Bool>::from_data(TensorData::new(blocked, [1, 1, len, total]), device)
+        });
+        Self {
+            cos: cos.reshape([1, 1, len, d]),
+            sin: sin.reshape([1, 1, len, d]),
+            mask,
+        }
+    }
+}
+
+/// Multi-head self-attention with grouped KV heads.
+#[derive(Debug)]
+pub struct Attention {
+    /// Query projection `[H·D, hidden]`.
+    pub q_proj: AdaptedLinear,
+    /// Key projection `[KV·D, hidden]`.
+    pub k_proj: AdaptedLinear,
+    /// Value projection `[KV·D, hidden]`.
+    pub v_proj: AdaptedLinear,
+    /// Output projection `[hidden, H·D]`.
+    pub o_proj: AdaptedLinear,
+    /// Query heads H.
+    pub n_heads: usize,
+    /// Key/value heads KV (H is a multiple of KV).
+    pub n_kv_heads: usize,
+    /// Per-head dimension D.
+    pub head_dim: usize,
+}
+
+impl Attention {
+    /// `x` `[B, T, hidden]` → `[B, T, hidden]`, appending to `cache` when given.
+    pub fn forward(&self, x: Tensor<3>, ctx: &AttnContext, cache: Option<&mut LayerCache>) -> Tensor<3> {
+        let [b, t, _] = x.dims();
+        let (h, kv, d) = (self.n_heads, self.n_kv_heads, self.head_dim);
+        let heads = |y: Tensor<3>, n: usize| y.reshape([b, t, n, d]).swap_dims(1, 2);
+        let q = apply_rope(heads(self.q_proj.forward(x.clone()), h), &ctx.cos, &ctx.sin);
+        let mut k = apply_rope(heads(self.k_proj.forward(x.clone()), kv), &ctx.cos, &ctx.sin);
+        let mut v = heads(self.v_proj.forward(x), kv);
+        if let Some(cache) = cache {
+            if let Some((pk, pv)) = cache.kv.take() {
+                k = Tensor::cat(vec![pk, k], 2);
+                v = Tensor::cat(vec![pv, v], 2);
+            }
+            cache.kv = Some((k.clone(), v.clone()));
+        }
+        let total = k.dims()[2];
+        let groups = h / kv;
+        let repeat = |y: Tensor<4>| {
+            if groups == 1 {
+                y
+            } else {
+                y.unsqueeze_dim::<5>(2).repeat_dim(2, groups).reshape([b, h, total, d])
+            }
+        };
+        let (k, v) = (repeat(k), repeat(v));
+        let mut scores = q.matmul(k.swap_dims(2, 3)).mul_scalar((d as f64).powf(-0.5));
+        if let Some(mask) = &ctx.mask {
+            scores = scores.mask_fill(mask.clone().expand([b, h, t, total]), f32::NEG_INFINITY);
+        }
+        let out = softmax(scores, 3).matmul(v);
+        self.o_proj.forward(out.swap_dims(1, 2).reshape([b, t, h * d]))
+    }
+}

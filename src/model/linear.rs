@@ -1,0 +1,74 @@
+//! `AdaptedLinear`: a base linear (dense now; quantized with the quantization issue) plus an
+//! optional adapter. Every projection of the model goes through [`AdaptedLinear::forward`], so an
+//! adapter method plugs in by implementing [`Adapter`] and nothing else in the model changes.
+
+use burn::tensor::Tensor;
+
+/// The frozen base weight of a linear layer, `[out, in]` as in HF.
+#[derive(Debug, Clone)]
+pub enum BaseLinear {
+    /// Dense f32 weight on the device.
+    Dense(Tensor<2>),
+}
+
+impl BaseLinear {
+    /// `y = x · Wᵀ` for `x` of shape `[.., in]`.
+    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        match self {
+            BaseLinear::Dense(w) => {
+                let [b, t, i] = x.dims();
+                let out = w.dims()[0];
+                x.reshape([b * t, i]).matmul(w.clone().transpose()).reshape([b, t, out])
+            }
+        }
+    }
+
+    /// `[out, in]`.
+    pub fn dims(&self) -> [usize; 2] {
+        match self {
+            BaseLinear::Dense(w) => w.dims(),
+        }
+    }
+
+    /// The dense weight tensor (for merging, gradients of the base in tests, and dumps).
+    pub fn dense(&self) -> &Tensor<2> {
+        match self {
+            BaseLinear::Dense(w) => w,
+        }
+    }
+}
+
+/// An adapter on one linear layer (LoRA, OFT, ...): the hook the adapter issue implements.
+pub trait Adapter: std::fmt::Debug + Send + Sync {
+    /// The adapted output for input `x` given the frozen base layer.
+    fn forward(&self, x: Tensor<3>, base: &BaseLinear) -> Tensor<3>;
+    /// The trainable tensors with their peft key suffix (e.g. `lora_A.weight`).
+    fn parameters(&self) -> Vec<(String, Tensor<2>)>;
+}
+
+/// A base linear with an optional adapter.
+#[derive(Debug)]
+pub struct AdaptedLinear {
+    /// Frozen base weight.
+    pub base: BaseLinear,
+    /// Adapter in front of / beside the base, if any.
+    pub adapter: Option<Box<dyn Adapter>>,
+}
+
+impl AdaptedLinear {
+    /// A plain linear without adapter.
+    pub fn new(weight: Tensor<2>) -> Self {
+        Self {
+            base: BaseLinear::Dense(weight),
+            adapter: None,
+        }
+    }
+
+    /// Apply the layer (through its adapter when one is attached).
+    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        match &self.adapter {
+            Some(a) => a.forward(x, &self.base),
+            None => self.base.forward(x),
+        }
+    }
+}

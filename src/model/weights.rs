@@ -1,0 +1,69 @@
+//! Host-side weights in HF layout and naming, before they go to a device. Quantized GGUF tensors
+//! stay quantized here; [`HostTensor::to_f32`] is the one place they are dequantized (the
+//! quantization issue replaces it with fused GPU kernels that keep them packed on the device).
+
+use crate::quant::ggml::{self, GgmlType};
+use std::collections::BTreeMap;
+
+/// The values of a host tensor: plain f32 or ggml blocks (row-major, HF row order).
+#[derive(Debug, Clone)]
+pub enum HostData {
+    /// Dense f32 values, row-major.
+    F32(Vec<f32>),
+    /// ggml-quantized rows: each row of `shape[1]` values is `row_bytes` bytes of blocks.
+    Ggml {
+        /// Block format.
+        ty: GgmlType,
+        /// Packed blocks, rows in HF order.
+        bytes: Vec<u8>,
+    },
+}
+
+/// One weight tensor on the host with its HF shape (`[out, in]` for linears).
+#[derive(Debug, Clone)]
+pub struct HostTensor {
+    /// Shape in HF order (row-major).
+    pub shape: Vec<usize>,
+    /// Values, dense or quantized.
+    pub data: HostData,
+}
+
+impl HostTensor {
+    /// Number of elements.
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    /// Human name of the storage type (`F32`, `Q4_1`, ...), for `inspect`.
+    pub fn type_name(&self) -> &'static str {
+        match &self.data {
+            HostData::F32(_) => "F32",
+            HostData::Ggml { ty, .. } => ty.name(),
+        }
+    }
+
+    /// Bytes this tensor takes in host memory.
+    pub fn stored_bytes(&self) -> usize {
+        match &self.data {
+            HostData::F32(v) => v.len() * 4,
+            HostData::Ggml { bytes, .. } => bytes.len(),
+        }
+    }
+
+    /// The values as f32: the single dequantize-on-load point for quantized tensors.
+    pub fn to_f32(&self) -> Result<Vec<f32>, ggml::GgmlError> {
+        match &self.data {
+            HostData::F32(v) => Ok(v.clone()),
+            HostData::Ggml { ty, bytes } => ggml::dequantize(*ty, bytes, self.numel()),
+        }
+    }
+}
+
+/// All weights of a model by HF name, plus where they came from (for error messages).
+#[derive(Debug, Default)]
+pub struct Checkpoint {
+    /// Tensors by HF name (`model.layers.0.self_attn.q_proj.weight`, ...).
+    pub tensors: BTreeMap<String, HostTensor>,
+    /// The file or folder shown in errors.
+    pub origin: String,
+}

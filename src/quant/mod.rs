@@ -1,0 +1,4 @@
+//! Quantized weight formats and their maths, CPU reference first (GPU kernels come with the
+//! quantization issue).
+
+pub mod ggml;

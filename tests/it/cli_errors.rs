@@ -1,0 +1,178 @@
+//! Bad input through the real binary: each case must exit non-zero with one `error:` line naming
+//! the file and the problem, and never panic.
+
+use crate::common::*;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Run `wgtune args…`; return (exit code, stderr).
+fn wgtune(args: &[&str]) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_wgtune"))
+        .args(args)
+        .env("CUBECL_AUTOTUNE_LEVEL", "minimal")
+        .output()
+        .unwrap();
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// Assert a clean failure whose error line contains every `needle`.
+fn assert_fails(args: &[&str], needles: &[&str]) {
+    let (code, err) = wgtune(args);
+    assert_ne!(code, 0, "expected failure for {args:?}");
+    assert!(!err.contains("panicked"), "panic for {args:?}: {err}");
+    let line = err.lines().find(|l| l.starts_with("error:")).unwrap_or_else(|| panic!("no error line: {err}"));
+    for n in needles {
+        assert!(line.contains(n), "`{line}` should mention `{n}`");
+    }
+}
+
+/// A copy of the tiny fixture model in a temp dir, to damage.
+fn tiny_copy() -> (tempfile::TempDir, PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("model");
+    std::fs::create_dir(&dir).unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(fixture("tiny_gqa").join(f), dir.join(f)).unwrap();
+    }
+    (tmp, dir)
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// Rewrite the model's safetensors with `edit` applied to the tensor map.
+fn rewrite(dir: &Path, edit: impl FnOnce(&mut std::collections::BTreeMap<String, (Vec<usize>, Vec<f32>)>)) {
+    let t = read_tensors(&dir.join("model.safetensors"));
+    let mut map: std::collections::BTreeMap<_, _> = t.f32.into_iter().collect();
+    edit(&mut map);
+    let bytes = wgtune::io::safetensors::serialize_f32(&map, None).unwrap();
+    std::fs::write(dir.join("model.safetensors"), bytes).unwrap();
+}
+
+#[test]
+fn truncated_safetensors() {
+    let (_t, dir) = tiny_copy();
+    let f = dir.join("model.safetensors");
+    let bytes = std::fs::read(&f).unwrap();
+    std::fs::write(&f, &bytes[..bytes.len() / 2]).unwrap();
+    assert_fails(&["inspect", "--model", s(&dir)], &["model.safetensors", "safetensors"]);
+}
+
+#[test]
+fn missing_tensor() {
+    let (_t, dir) = tiny_copy();
+    rewrite(&dir, |m| {
+        m.remove("model.layers.1.mlp.up_proj.weight");
+    });
+    let data = fixture("tiny_gqa/data.jsonl");
+    assert_fails(
+        &["eval", "--backend", "cpu", "--model", s(&dir), "--data", s(&data)],
+        &["missing tensor", "model.layers.1.mlp.up_proj.weight"],
+    );
+}
+
+#[test]
+fn wrong_shape() {
+    let (_t, dir) = tiny_copy();
+    rewrite(&dir, |m| {
+        let e = m.get_mut("model.layers.0.self_attn.k_proj.weight").unwrap();
+        e.0 = vec![e.0[1], e.0[0]];
+    });
+    let data = fixture("tiny_gqa/data.jsonl");
+    assert_fails(
+        &["eval", "--backend", "cpu", "--model", s(&dir), "--data", s(&data)],
+        &["model.layers.0.self_attn.k_proj.weight", "shape"],
+    );
+}
+
+#[test]
+fn unknown_architecture_and_bad_config() {
+    let (_t, dir) = tiny_copy();
+    let cfg_path = dir.join("config.json");
+    let cfg = std::fs::read_to_string(&cfg_path).unwrap();
+    std::fs::write(&cfg_path, cfg.replace("LlamaForCausalLM", "MambaForCausalLM")).unwrap();
+    assert_fails(&["inspect", "--model", s(&dir)], &["config.json", "MambaForCausalLM"]);
+    let mut v: serde_json::Value = serde_json::from_str(&cfg).unwrap();
+    v["num_key_value_heads"] = 3.into();
+    std::fs::write(&cfg_path, v.to_string()).unwrap();
+    assert_fails(&["inspect", "--model", s(&dir)], &["config.json", "num_key_value_heads"]);
+    std::fs::write(&cfg_path, "{ not json").unwrap();
+    assert_fails(&["inspect", "--model", s(&dir)], &["config.json", "JSON"]);
+}
+
+/// A minimal GGUF v3: llama metadata and one tensor of ggml type `ty`.
+fn tiny_gguf(ty: u32) -> Vec<u8> {
+    let mut b = b"GGUF".to_vec();
+    b.extend(3u32.to_le_bytes());
+    b.extend(1u64.to_le_bytes()); // tensors
+    b.extend(1u64.to_le_bytes()); // metadata
+    let string = |b: &mut Vec<u8>, s: &str| {
+        b.extend((s.len() as u64).to_le_bytes());
+        b.extend(s.as_bytes());
+    };
+    string(&mut b, "general.architecture");
+    b.extend(8u32.to_le_bytes()); // string
+    string(&mut b, "llama");
+    string(&mut b, "blk.0.ffn_down.weight");
+    b.extend(2u32.to_le_bytes());
+    b.extend(256u64.to_le_bytes());
+    b.extend(4u64.to_le_bytes());
+    b.extend(ty.to_le_bytes());
+    b.extend(0u64.to_le_bytes());
+    while b.len() % 32 != 0 {
+        b.push(0);
+    }
+    b.extend(vec![0u8; 4 * 256 * 4]);
+    b
+}
+
+#[test]
+fn unknown_quant_type_and_truncated_gguf() {
+    let tmp = tempfile::tempdir().unwrap();
+    let q4k = tmp.path().join("q4k.gguf");
+    std::fs::write(&q4k, tiny_gguf(12)).unwrap();
+    assert_fails(&["inspect", "--model", s(&q4k)], &["q4k.gguf", "Q4_K", "blk.0.ffn_down.weight"]);
+    let real = std::fs::read(asset("SmolLM2-135M-Instruct.Q4_1.gguf")).unwrap();
+    for cut in [10usize, 5000, real.len() - 1000] {
+        let p = tmp.path().join(format!("cut{cut}.gguf"));
+        std::fs::write(&p, &real[..cut]).unwrap();
+        assert_fails(&["inspect", "--model", s(&p)], &[&format!("cut{cut}.gguf")]);
+    }
+    let not_gguf = tmp.path().join("model.bin");
+    std::fs::write(&not_gguf, b"hello").unwrap();
+    assert_fails(&["inspect", "--model", s(&not_gguf)], &["model.bin", "GGUF"]);
+}
+
+#[test]
+fn invalid_jsonl_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("bad.jsonl");
+    std::fs::write(&data, "{\"input_ids\": [1, 2, 3]}\n{\"input_ids\": [1, 2,\n").unwrap();
+    let model = fixture("tiny_gqa");
+    assert_fails(&["eval", "--backend", "cpu", "--model", s(&model), "--data", s(&data)], &["bad.jsonl:2", "JSON"]);
+    std::fs::write(&data, "{\"input_ids\": [1, 2, 999]}\n").unwrap();
+    assert_fails(&["eval", "--backend", "cpu", "--model", s(&model), "--data", s(&data)], &["999", "vocabulary"]);
+    std::fs::write(&data, "{\"input_ids\": [1, 2, 3]}\n{\"input_ids\": [4, 5]}\n").unwrap();
+    let dump = tmp.path().join("d.safetensors");
+    assert_fails(
+        &["eval", "--backend", "cpu", "--model", s(&model), "--data", s(&data), "--dump", s(&dump)],
+        &["equal lengths"],
+    );
+    assert_fails(&["eval", "--backend", "cpu", "--model", s(&model), "--data", s(&tmp.path().join("nope.jsonl"))], &["nope.jsonl"]);
+}
+
+#[test]
+fn eval_dump_matches_fixture() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dump = tmp.path().join("dump.safetensors");
+    let model = fixture("tiny_gqa");
+    let data = fixture("tiny_gqa/data.jsonl");
+    let (code, err) = wgtune(&["eval", "--backend", "cpu", "--model", s(&model), "--data", s(&data), "--dump", s(&dump)]);
+    assert_eq!(code, 0, "{err}");
+    let got = read_tensors(&dump);
+    let want = read_tensors(&model.join("expected.safetensors"));
+    assert_eq!(got.f32["logits"].0, want.f32["logits"].0);
+    assert!(max_abs_diff(&got.f32["logits"].1, &want.f32["logits"].1) < 1e-4);
+    assert!((got.f32["loss"].1[0] - want.f32["loss"].1[0]).abs() < 1e-4);
+}

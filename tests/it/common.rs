@@ -1,0 +1,87 @@
+//! Shared helpers for the integration tests: fixture reading, backends, comparisons.
+
+use burn::tensor::Device;
+use safetensors::{Dtype, SafeTensors};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use wgtune::app::files::DirSource;
+use wgtune::backend::{BackendChoice, select};
+use wgtune::model::loader::{LoadedModel, ModelSource, load_model};
+
+/// Repository root.
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A committed fixture file.
+pub fn fixture(rel: &str) -> PathBuf {
+    root().join("tests/fixtures").join(rel)
+}
+
+/// A demo asset; fails loudly (not a skip) when `scripts/fetch-assets.sh` has not been run.
+pub fn asset(name: &str) -> PathBuf {
+    let p = root().join("assets").join(name);
+    assert!(p.exists(), "{} is missing: run `bash scripts/fetch-assets.sh` first", p.display());
+    p
+}
+
+/// Tensors of a safetensors file as f32 / i64 vectors with shapes.
+pub struct Tensors {
+    /// f32 tensors.
+    pub f32: HashMap<String, (Vec<usize>, Vec<f32>)>,
+    /// i64 tensors.
+    pub i64: HashMap<String, (Vec<usize>, Vec<i64>)>,
+}
+
+/// Read every tensor of a safetensors file.
+pub fn read_tensors(path: &Path) -> Tensors {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let mut out = Tensors { f32: HashMap::new(), i64: HashMap::new() };
+    for (name, view) in st.iter() {
+        let shape = view.shape().to_vec();
+        match view.dtype() {
+            Dtype::F32 => {
+                let v = view.data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+                out.f32.insert(name.to_string(), (shape, v));
+            }
+            Dtype::I64 => {
+                let v = view.data().chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect();
+                out.i64.insert(name.to_string(), (shape, v));
+            }
+            other => panic!("unexpected dtype {other:?} for {name}"),
+        }
+    }
+    out
+}
+
+/// Rows of a `[B, T]` i64 tensor.
+pub fn rows(shape: &[usize], v: &[i64]) -> Vec<Vec<i64>> {
+    v.chunks(shape[1]).map(<[i64]>::to_vec).collect()
+}
+
+/// The device for a backend name used by the tests (`cpu` or `wgpu`, the latter on lavapipe in CI).
+pub fn device(backend: &str) -> Device {
+    // Small shapes on a software GPU: keep autotune to a minimum.
+    // SAFETY: set before any wgpu runtime starts in this process; same value from every thread.
+    unsafe { std::env::set_var("CUBECL_AUTOTUNE_LEVEL", "minimal") };
+    let choice: BackendChoice = backend.parse().unwrap();
+    select(choice).unwrap_or_else(|e| panic!("backend {backend}: {e}")).device
+}
+
+/// Load an HF fixture folder onto `device`.
+pub fn load_hf(dir: &Path, device: &Device) -> LoadedModel {
+    let src = DirSource::new(dir);
+    load_model(ModelSource::HfFolder(&src), device).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Largest absolute difference; panics on length mismatch.
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "length mismatch");
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+/// Block on a future (tests are the front end here).
+pub fn block<F: std::future::Future>(f: F) -> F::Output {
+    pollster::block_on(f)
+}
