@@ -25,7 +25,9 @@ impl FromStr for BackendChoice {
             "auto" => Ok(Self::Auto),
             "wgpu" => Ok(Self::Wgpu),
             "cpu" => Ok(Self::Cpu),
-            _ => Err(format!("unknown backend `{s}` (expected auto, wgpu or cpu)")),
+            _ => Err(format!(
+                "unknown backend `{s}` (expected auto, wgpu or cpu)"
+            )),
         }
     }
 }
@@ -62,8 +64,9 @@ fn cpu(reason: &str) -> SelectedBackend {
 /// The wgpu runtime, initialised once per process (burn refuses a second initialisation).
 #[cfg(not(target_arch = "wasm32"))]
 fn wgpu_runtime() -> &'static Result<(Device, burn::tensor::wgpu::wgpu::AdapterInfo), String> {
-    static RUNTIME: std::sync::OnceLock<Result<(Device, burn::tensor::wgpu::wgpu::AdapterInfo), String>> =
-        std::sync::OnceLock::new();
+    static RUNTIME: std::sync::OnceLock<
+        Result<(Device, burn::tensor::wgpu::wgpu::AdapterInfo), String>,
+    > = std::sync::OnceLock::new();
     RUNTIME.get_or_init(|| {
         Device::wgpu_options()
             .init_with_setup()
@@ -85,15 +88,25 @@ pub fn select(choice: BackendChoice) -> Result<SelectedBackend, String> {
             let device = device.clone();
             let software = info.device_type == DeviceType::Cpu;
             if software && choice == BackendChoice::Auto {
-                return Ok(cpu(&format!("; the only GPU adapter is a software one: {}", info.name)));
+                return Ok(cpu(&format!(
+                    "; the only GPU adapter is a software one: {}",
+                    info.name
+                )));
             }
             Ok(SelectedBackend {
                 device,
-                description: format!("wgpu ({:?}, {}{})", info.backend, info.name, if software { ", software" } else { "" }),
+                description: format!(
+                    "wgpu ({:?}, {}{})",
+                    info.backend,
+                    info.name,
+                    if software { ", software" } else { "" }
+                ),
                 is_wgpu: true,
             })
         }
-        Err(e) if choice == BackendChoice::Auto => Ok(cpu(&format!("; no usable GPU adapter: {e}"))),
+        Err(e) if choice == BackendChoice::Auto => {
+            Ok(cpu(&format!("; no usable GPU adapter: {e}")))
+        }
         Err(e) => Err(format!("wgpu backend unavailable: {e}")),
     }
 }

@@ -1,9 +1,9 @@
 //! The headless command line: `wgtune generate | eval | inspect | bench`. Every command prints
 //! one readable line on error and exits non-zero; nothing user-supplied can panic it.
 
-use super::files::{model_source, read_blob, write_atomic, DirSource};
+use super::files::{DirSource, model_source, read_blob, write_atomic};
 use crate::backend::{BackendChoice, SelectedBackend, select};
-use crate::io::tokenizer::ChatMessage;
+use crate::io::chat::ChatMessage;
 use crate::model::generate::{SamplingConfig, generate};
 use crate::model::llama::causal_lm_loss;
 use crate::model::loader::{LoadedModel, load_model, read_model};
@@ -149,14 +149,30 @@ pub fn load(path: &Path, device: &burn::tensor::Device) -> Result<LoadedModel> {
 fn cmd_generate(a: GenerateArgs) -> Result<()> {
     let backend = pick_backend(a.model.backend)?;
     let lm = load(&a.model.model, &backend.device)?;
-    let tok = lm.tokenizer.as_ref().context("the model has no tokenizer (tokenizer.json or GGUF vocabulary)")?;
+    let tok = lm
+        .tokenizer
+        .as_ref()
+        .context("the model has no tokenizer (tokenizer.json or GGUF vocabulary)")?;
     let text = if a.chat {
-        let tmpl = lm.chat_template.as_ref().context("--chat: the model has no chat template")?;
-        tmpl.render(&[ChatMessage { role: "user".into(), content: a.prompt.clone() }], true)?
+        let tmpl = lm
+            .chat_template
+            .as_ref()
+            .context("--chat: the model has no chat template")?;
+        tmpl.render(
+            &[ChatMessage {
+                role: "user".into(),
+                content: a.prompt.clone(),
+            }],
+            true,
+        )?
     } else {
         a.prompt.clone()
     };
-    let prompt = tok.encode(text.as_str(), !a.chat).map_err(anyhow::Error::msg)?.get_ids().to_vec();
+    let prompt = tok
+        .encode(text.as_str(), !a.chat)
+        .map_err(anyhow::Error::msg)?
+        .get_ids()
+        .to_vec();
     if prompt.is_empty() {
         bail!("the prompt tokenizes to nothing");
     }
@@ -166,7 +182,11 @@ fn cmd_generate(a: GenerateArgs) -> Result<()> {
         max_new_tokens: a.max_new_tokens,
         seed: a.seed,
     };
-    print!("{}", a.prompt);
+    if a.chat {
+        println!("{}", a.prompt)
+    } else {
+        print!("{}", a.prompt)
+    }
     let mut shown = String::new();
     let mut all = Vec::new();
     let out = pollster::block_on(generate(&lm.model, &prompt, &cfg, |t| {
@@ -184,15 +204,23 @@ fn cmd_generate(a: GenerateArgs) -> Result<()> {
         prompt.len(),
         out.prefill_secs,
         out.tokens_per_sec(),
-        if out.stopped_on_eos { " (stopped on EOS)" } else { "" }
+        if out.stopped_on_eos {
+            " (stopped on EOS)"
+        } else {
+            ""
+        }
     );
     Ok(())
 }
 
 fn read_examples(path: &Path, lm: &LoadedModel, limit: Option<usize>) -> Result<Vec<Example>> {
     let blob = read_blob(path)?;
-    let text = std::str::from_utf8((*blob).as_ref()).with_context(|| format!("{}: not UTF-8 text", path.display()))?;
-    let tok = lm.tokenizer.as_ref().map(|t| Tokenize { tokenizer: t, chat_template: lm.chat_template.as_ref() });
+    let text = std::str::from_utf8((*blob).as_ref())
+        .with_context(|| format!("{}: not UTF-8 text", path.display()))?;
+    let tok = lm.tokenizer.as_ref().map(|t| Tokenize {
+        tokenizer: t,
+        chat_template: lm.chat_template.as_ref(),
+    });
     let mut ex = load_examples(text, &path.display().to_string(), tok.as_ref())?;
     if let Some(n) = limit {
         ex.truncate(n);
@@ -202,17 +230,26 @@ fn read_examples(path: &Path, lm: &LoadedModel, limit: Option<usize>) -> Result<
 
 fn cmd_eval(a: EvalArgs) -> Result<()> {
     if a.grads && (a.adapter.is_none() || a.dump.is_none()) {
-        bail!("--grads needs --adapter (the tensors to differentiate) and --dump (where to write them)");
+        bail!(
+            "--grads needs --adapter (the tensors to differentiate) and --dump (where to write them)"
+        );
     }
     if let Some(dir) = &a.adapter {
-        bail!("{}: loading peft adapters is not implemented yet (it lands with the adapters issue)", dir.display());
+        bail!(
+            "{}: loading peft adapters is not implemented yet (it lands with the adapters issue)",
+            dir.display()
+        );
     }
     let backend = pick_backend(a.model.backend)?;
     let lm = load(&a.model.model, &backend.device)?;
     let examples = read_examples(&a.data, &lm, a.limit)?;
     if let Some(dump) = &a.dump {
         let t = examples[0].input_ids.len();
-        if let Some((i, e)) = examples.iter().enumerate().find(|(_, e)| e.input_ids.len() != t) {
+        if let Some((i, e)) = examples
+            .iter()
+            .enumerate()
+            .find(|(_, e)| e.input_ids.len() != t)
+        {
             bail!(
                 "{}: --dump evaluates the file as one batch and needs equal lengths: record 1 has {t} tokens, record {} has {}",
                 a.data.display(),
@@ -232,7 +269,12 @@ fn cmd_eval(a: EvalArgs) -> Result<()> {
         out.insert("loss".to_string(), (vec![1], loss_v.clone()));
         let bytes = crate::io::safetensors::serialize_f32(&out, None)?;
         write_atomic(dump, &bytes).with_context(|| format!("{}: cannot write", dump.display()))?;
-        println!("loss {:.6}  perplexity {:.4}  ({count} tokens, dumped to {})", loss_v[0], loss_v[0].exp(), dump.display());
+        println!(
+            "loss {:.6}  perplexity {:.4}  ({count} tokens, dumped to {})",
+            loss_v[0],
+            loss_v[0].exp(),
+            dump.display()
+        );
         return Ok(());
     }
     let (mut total, mut tokens) = (0.0f64, 0usize);
@@ -250,7 +292,11 @@ fn cmd_eval(a: EvalArgs) -> Result<()> {
         bail!("{}: no scored tokens in the data", a.data.display());
     }
     let mean = total / tokens as f64;
-    println!("loss {mean:.6}  perplexity {:.4}  ({} records, {tokens} scored tokens)", mean.exp(), examples.len());
+    println!(
+        "loss {mean:.6}  perplexity {:.4}  ({} records, {tokens} scored tokens)",
+        mean.exp(),
+        examples.len()
+    );
     Ok(())
 }
 
@@ -263,16 +309,30 @@ fn cmd_inspect(a: InspectArgs) -> Result<()> {
     println!("architecture LlamaForCausalLM");
     println!(
         "shape        {} layers, hidden {}, intermediate {}, heads {} (kv {}), head_dim {}, vocab {}",
-        c.num_hidden_layers, c.hidden_size, c.intermediate_size, c.num_attention_heads, c.num_key_value_heads, c.head_dim, c.vocab_size
+        c.num_hidden_layers,
+        c.hidden_size,
+        c.intermediate_size,
+        c.num_attention_heads,
+        c.num_key_value_heads,
+        c.head_dim,
+        c.vocab_size
     );
     println!(
         "rope         theta {}{}, max positions {}, tied embeddings {}",
         c.rope_theta,
-        if c.rope_scaling.is_some() { " (llama3 scaling)" } else { "" },
+        if c.rope_scaling.is_some() {
+            " (llama3 scaling)"
+        } else {
+            ""
+        },
         c.max_position_embeddings,
         c.tie_word_embeddings
     );
-    println!("parameters   {} ({:.1} M)", c.num_parameters(), c.num_parameters() as f64 / 1e6);
+    println!(
+        "parameters   {} ({:.1} M)",
+        c.num_parameters(),
+        c.num_parameters() as f64 / 1e6
+    );
     let mut by_type: BTreeMap<&str, (usize, usize, usize)> = BTreeMap::new();
     for t in files.checkpoint.tensors.values() {
         let e = by_type.entry(t.type_name()).or_default();
@@ -281,12 +341,34 @@ fn cmd_inspect(a: InspectArgs) -> Result<()> {
         e.2 += t.stored_bytes();
     }
     for (ty, (n, numel, bytes)) in &by_type {
-        println!("tensors      {n:4} x {ty:<5} {:>8.1} M params  {:>8.1} MiB", *numel as f64 / 1e6, *bytes as f64 / 1048576.0);
+        println!(
+            "tensors      {n:4} x {ty:<5} {:>8.1} M params  {:>8.1} MiB",
+            *numel as f64 / 1e6,
+            *bytes as f64 / 1048576.0
+        );
     }
     let stored: usize = by_type.values().map(|v| v.2).sum();
     let dense: usize = by_type.values().map(|v| v.1 * 4).sum();
-    println!("memory       {:.1} MiB as stored, {:.1} MiB as f32 on the device", stored as f64 / 1048576.0, dense as f64 / 1048576.0);
-    println!("tokenizer    {}", if files.tokenizer.is_some() { "yes" } else { "none" });
-    println!("chat         {}", if files.chat_template.is_some() { "template present" } else { "no template" });
+    println!(
+        "memory       {:.1} MiB as stored, {:.1} MiB as f32 on the device",
+        stored as f64 / 1048576.0,
+        dense as f64 / 1048576.0
+    );
+    println!(
+        "tokenizer    {}",
+        if files.tokenizer.is_some() {
+            "yes"
+        } else {
+            "none"
+        }
+    );
+    println!(
+        "chat         {}",
+        if files.chat_template.is_some() {
+            "template present"
+        } else {
+            "no template"
+        }
+    );
     Ok(())
 }

@@ -8,7 +8,10 @@ use std::sync::Arc;
 
 /// Read a whole file as a shared blob (memory-mapped when non-empty).
 pub fn read_blob(path: &Path) -> Result<Blob, LoadError> {
-    let os = |cause| LoadError::Os { file: path.display().to_string(), cause };
+    let os = |cause| LoadError::Os {
+        file: path.display().to_string(),
+        cause,
+    };
     let file = std::fs::File::open(path).map_err(os)?;
     let len = file.metadata().map_err(os)?.len();
     if len == 0 {
@@ -42,17 +45,26 @@ impl FileSource for DirSource {
     }
 
     fn display(&self, name: &str) -> String {
-        if name.is_empty() { self.root.display().to_string() } else { self.root.join(name).display().to_string() }
+        if name.is_empty() {
+            self.root.display().to_string()
+        } else {
+            self.root.join(name).display().to_string()
+        }
     }
 }
 
 /// The model at `path`: a GGUF file or an HF folder. `dir` keeps the folder source alive.
-pub fn model_source<'a>(path: &Path, dir: &'a mut Option<DirSource>) -> Result<ModelSource<'a>, LoadError> {
+pub fn model_source<'a>(
+    path: &Path,
+    dir: &'a mut Option<DirSource>,
+) -> Result<ModelSource<'a>, LoadError> {
     if path.is_dir() {
         return Ok(ModelSource::HfFolder(dir.insert(DirSource::new(path))));
     }
     if !path.exists() {
-        return Err(LoadError::Missing { file: path.display().to_string() });
+        return Err(LoadError::Missing {
+            file: path.display().to_string(),
+        });
     }
     let bytes = read_blob(path)?;
     if !(*bytes).as_ref().starts_with(b"GGUF") {
@@ -61,14 +73,23 @@ pub fn model_source<'a>(path: &Path, dir: &'a mut Option<DirSource>) -> Result<M
             "not a GGUF file (no GGUF magic) and not an HF model folder",
         ));
     }
-    Ok(ModelSource::Gguf { bytes, name: path.display().to_string() })
+    Ok(ModelSource::Gguf {
+        bytes,
+        name: path.display().to_string(),
+    })
 }
 
 /// Write `bytes` to `path` atomically: a temp file beside it, fsync, then rename over `path`.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
     let result = (|| {
         let mut f = std::fs::File::create(&tmp)?;

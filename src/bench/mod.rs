@@ -45,11 +45,22 @@ pub fn cmd_bench(a: BenchArgs) -> Result<()> {
     let mut times: Vec<f64> = (0..a.iters).map(|_| forward()).collect::<Result<_>>()?;
     times.sort_by(f64::total_cmp);
     let forward_secs = times[times.len() / 2];
-    let cfg = SamplingConfig { max_new_tokens: a.gen_tokens, ..Default::default() };
+    let cfg = SamplingConfig {
+        max_new_tokens: a.gen_tokens,
+        ..Default::default()
+    };
     let mut model = lm.model;
     model.config.eos_token_ids.clear(); // time exactly gen_tokens steps
     let prompt = &ids[..ids.len().min(16)];
-    pollster::block_on(generate(&model, prompt, &SamplingConfig { max_new_tokens: 2, ..cfg.clone() }, |_| {}))?;
+    pollster::block_on(generate(
+        &model,
+        prompt,
+        &SamplingConfig {
+            max_new_tokens: 2,
+            ..cfg.clone()
+        },
+        |_| {},
+    ))?;
     let g = pollster::block_on(generate(&model, prompt, &cfg, |_| {}))?;
     let r = ModelBench {
         backend: backend.description,

@@ -35,7 +35,11 @@ pub fn parse_config(v: &Value, file: &str) -> Result<LlamaConfig, LoadError> {
             Some(_) => uint(key).map(Some),
         }
     };
-    for (key, want) in [("hidden_act", "silu"), ("attention_bias", "false"), ("mlp_bias", "false")] {
+    for (key, want) in [
+        ("hidden_act", "silu"),
+        ("attention_bias", "false"),
+        ("mlp_bias", "false"),
+    ] {
         if let Some(val) = v.get(key) {
             let s = val.as_str().map(str::to_string).unwrap_or(val.to_string());
             if s != want {
@@ -49,7 +53,11 @@ pub fn parse_config(v: &Value, file: &str) -> Result<LlamaConfig, LoadError> {
     let head_dim = match opt_uint("head_dim")? {
         Some(d) => d,
         None if hidden % heads == 0 => hidden / heads,
-        None => return Err(bad(format!("hidden_size {hidden} is not divisible by num_attention_heads {heads}"))),
+        None => {
+            return Err(bad(format!(
+                "hidden_size {hidden} is not divisible by num_attention_heads {heads}"
+            )));
+        }
     };
     if heads % kv_heads != 0 {
         return Err(bad(format!(
@@ -63,22 +71,36 @@ pub fn parse_config(v: &Value, file: &str) -> Result<LlamaConfig, LoadError> {
     let rope_theta = v
         .get("rope_theta")
         .and_then(Value::as_f64)
-        .or_else(|| rope_params.and_then(|p| p.get("rope_theta")).and_then(Value::as_f64))
+        .or_else(|| {
+            rope_params
+                .and_then(|p| p.get("rope_theta"))
+                .and_then(Value::as_f64)
+        })
         .unwrap_or(10000.0);
     if !(rope_theta.is_finite() && rope_theta > 0.0) {
         return Err(bad(format!("rope_theta {rope_theta} must be positive")));
     }
-    let scaling = v.get("rope_scaling").filter(|s| !s.is_null()).or(rope_params);
+    let scaling = v
+        .get("rope_scaling")
+        .filter(|s| !s.is_null())
+        .or(rope_params);
     let rope_scaling = match scaling {
         None => None,
         Some(s) => parse_rope_scaling(s).map_err(bad)?,
     };
-    let eps = v.get("rms_norm_eps").and_then(Value::as_f64).unwrap_or(1e-6);
+    let eps = v
+        .get("rms_norm_eps")
+        .and_then(Value::as_f64)
+        .unwrap_or(1e-6);
     if !(eps.is_finite() && eps > 0.0) {
         return Err(bad(format!("rms_norm_eps {eps} must be positive")));
     }
     let eos_token_ids = match v.get("eos_token_id") {
-        Some(Value::Array(a)) => a.iter().filter_map(Value::as_u64).map(|x| x as u32).collect(),
+        Some(Value::Array(a)) => a
+            .iter()
+            .filter_map(Value::as_u64)
+            .map(|x| x as u32)
+            .collect(),
         Some(x) => x.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
         None => vec![],
     };
@@ -93,9 +115,15 @@ pub fn parse_config(v: &Value, file: &str) -> Result<LlamaConfig, LoadError> {
         rms_norm_eps: eps,
         rope_theta,
         rope_scaling,
-        tie_word_embeddings: v.get("tie_word_embeddings").and_then(Value::as_bool).unwrap_or(false),
+        tie_word_embeddings: v
+            .get("tie_word_embeddings")
+            .and_then(Value::as_bool)
+            .unwrap_or(false),
         max_position_embeddings: opt_uint("max_position_embeddings")?.unwrap_or(2048),
-        bos_token_id: v.get("bos_token_id").and_then(Value::as_u64).map(|x| x as u32),
+        bos_token_id: v
+            .get("bos_token_id")
+            .and_then(Value::as_u64)
+            .map(|x| x as u32),
         eos_token_ids,
     })
 }
@@ -122,7 +150,10 @@ fn parse_rope_scaling(s: &Value) -> Result<Option<RopeScaling>, String> {
                 original_max_position_embeddings: f("original_max_position_embeddings")?,
             };
             if scaling.high_freq_factor <= scaling.low_freq_factor || scaling.factor <= 0.0 {
-                return Err("llama3 rope scaling needs factor > 0 and high_freq_factor > low_freq_factor".into());
+                return Err(
+                    "llama3 rope scaling needs factor > 0 and high_freq_factor > low_freq_factor"
+                        .into(),
+                );
             }
             Ok(Some(scaling))
         }
@@ -139,13 +170,20 @@ pub fn load_folder(src: &dyn FileSource) -> Result<(LlamaConfig, Checkpoint), Lo
     let shards: Vec<String> = match src.read("model.safetensors.index.json")? {
         Some(blob) => {
             let file = src.display("model.safetensors.index.json");
-            let index: Value = serde_json::from_slice((*blob).as_ref())
-                .map_err(|cause| LoadError::Json { file: file.clone(), cause })?;
+            let index: Value =
+                serde_json::from_slice((*blob).as_ref()).map_err(|cause| LoadError::Json {
+                    file: file.clone(),
+                    cause,
+                })?;
             let map = index
                 .get("weight_map")
                 .and_then(Value::as_object)
                 .ok_or_else(|| LoadError::invalid(&file, "no `weight_map` object"))?;
-            let mut names: Vec<String> = map.values().filter_map(Value::as_str).map(String::from).collect();
+            let mut names: Vec<String> = map
+                .values()
+                .filter_map(Value::as_str)
+                .map(String::from)
+                .collect();
             names.sort();
             names.dedup();
             names
@@ -161,7 +199,8 @@ pub fn load_folder(src: &dyn FileSource) -> Result<(LlamaConfig, Checkpoint), Lo
         let file = src.display(shard);
         let tensors = st::parse((*blob).as_ref(), &file)?;
         for (name, view) in tensors.iter() {
-            ckpt.tensors.insert(name.to_string(), st::to_host(&view, name, &file)?);
+            ckpt.tensors
+                .insert(name.to_string(), st::to_host(&view, name, &file)?);
         }
     }
     Ok((config, ckpt))

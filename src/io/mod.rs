@@ -1,6 +1,7 @@
 //! Bytes in and out: safetensors, GGUF, HF config.json, tokenizers. Nothing here knows about
 //! devices; nothing here touches the file system — files arrive through a [`FileSource`].
 
+pub mod chat;
 pub mod gguf;
 pub mod hf;
 pub mod safetensors;

@@ -54,7 +54,12 @@ pub fn serialize_f32(
         .collect();
     let views = bytes
         .iter()
-        .map(|(k, b, shape)| Ok(((*k).clone(), TensorView::new(Dtype::F32, (*shape).clone(), b)?)))
+        .map(|(k, b, shape)| {
+            Ok((
+                (*k).clone(),
+                TensorView::new(Dtype::F32, (*shape).clone(), b)?,
+            ))
+        })
         .collect::<Result<Vec<_>, safetensors::SafeTensorError>>()?;
     safetensors::serialize(views, metadata)
 }

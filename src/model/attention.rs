@@ -27,14 +27,19 @@ pub fn inv_freq(head_dim: usize, theta: f64, scaling: Option<&RopeScaling>) -> V
             let scaled = if wavelen > low_wavelen { f / factor } else { f };
             let smooth = (old / wavelen - low) / (high - low);
             let smoothed = (1.0 - smooth) * scaled / factor + smooth * scaled;
-            let medium = !(wavelen < high_wavelen) && !(wavelen > low_wavelen);
+            let medium = (high_wavelen..=low_wavelen).contains(&wavelen);
             if medium { smoothed } else { scaled }
         })
         .collect()
 }
 
 /// cos/sin tables `[T, head_dim]` (as `cat(ang, ang)`) for positions `start..start+len`.
-pub fn rope_tables(inv_freq: &[f32], start: usize, len: usize, device: &Device) -> (Tensor<2>, Tensor<2>) {
+pub fn rope_tables(
+    inv_freq: &[f32],
+    start: usize,
+    len: usize,
+    device: &Device,
+) -> (Tensor<2>, Tensor<2>) {
     let d = inv_freq.len() * 2;
     let mut cos = Vec::with_capacity(len * d);
     let mut sin = Vec::with_capacity(len * d);
@@ -119,12 +124,21 @@ pub struct Attention {
 
 impl Attention {
     /// `x` `[B, T, hidden]` → `[B, T, hidden]`, appending to `cache` when given.
-    pub fn forward(&self, x: Tensor<3>, ctx: &AttnContext, cache: Option<&mut LayerCache>) -> Tensor<3> {
+    pub fn forward(
+        &self,
+        x: Tensor<3>,
+        ctx: &AttnContext,
+        cache: Option<&mut LayerCache>,
+    ) -> Tensor<3> {
         let [b, t, _] = x.dims();
         let (h, kv, d) = (self.n_heads, self.n_kv_heads, self.head_dim);
         let heads = |y: Tensor<3>, n: usize| y.reshape([b, t, n, d]).swap_dims(1, 2);
         let q = apply_rope(heads(self.q_proj.forward(x.clone()), h), &ctx.cos, &ctx.sin);
-        let mut k = apply_rope(heads(self.k_proj.forward(x.clone()), kv), &ctx.cos, &ctx.sin);
+        let mut k = apply_rope(
+            heads(self.k_proj.forward(x.clone()), kv),
+            &ctx.cos,
+            &ctx.sin,
+        );
         let mut v = heads(self.v_proj.forward(x), kv);
         if let Some(cache) = cache {
             if let Some((pk, pv)) = cache.kv.take() {
@@ -139,15 +153,20 @@ impl Attention {
             if groups == 1 {
                 y
             } else {
-                y.unsqueeze_dim::<5>(2).repeat_dim(2, groups).reshape([b, h, total, d])
+                y.unsqueeze_dim::<5>(2)
+                    .repeat_dim(2, groups)
+                    .reshape([b, h, total, d])
             }
         };
         let (k, v) = (repeat(k), repeat(v));
-        let mut scores = q.matmul(k.swap_dims(2, 3)).mul_scalar((d as f64).powf(-0.5));
+        let mut scores = q
+            .matmul(k.swap_dims(2, 3))
+            .mul_scalar((d as f64).powf(-0.5));
         if let Some(mask) = &ctx.mask {
             scores = scores.mask_fill(mask.clone().expand([b, h, t, total]), f32::NEG_INFINITY);
         }
         let out = softmax(scores, 3).matmul(v);
-        self.o_proj.forward(out.swap_dims(1, 2).reshape([b, t, h * d]))
+        self.o_proj
+            .forward(out.swap_dims(1, 2).reshape([b, t, h * d]))
     }
 }

@@ -23,7 +23,12 @@ pub struct SamplingConfig {
 
 impl Default for SamplingConfig {
     fn default() -> Self {
-        Self { temperature: 0.0, top_p: 1.0, max_new_tokens: 64, seed: 0 }
+        Self {
+            temperature: 0.0,
+            top_p: 1.0,
+            max_new_tokens: 64,
+            seed: 0,
+        }
     }
 }
 
@@ -43,7 +48,11 @@ pub struct Generation {
 impl Generation {
     /// Decode speed in new tokens per second.
     pub fn tokens_per_sec(&self) -> f64 {
-        if self.decode_secs > 0.0 { self.tokens.len() as f64 / self.decode_secs } else { 0.0 }
+        if self.decode_secs > 0.0 {
+            self.tokens.len() as f64 / self.decode_secs
+        } else {
+            0.0
+        }
     }
 }
 
@@ -53,7 +62,9 @@ pub fn sample(logits: &[f32], cfg: &SamplingConfig, rng: &mut StdRng) -> u32 {
         logits
             .iter()
             .enumerate()
-            .fold((0usize, f32::NEG_INFINITY), |best, (i, &v)| if v > best.1 { (i, v) } else { best })
+            .fold((0usize, f32::NEG_INFINITY), |best, (i, &v)| {
+                if v > best.1 { (i, v) } else { best }
+            })
             .0 as u32
     };
     if cfg.temperature <= 0.0 {
@@ -140,5 +151,10 @@ pub async fn generate(
         let logits = model.forward(&[vec![next]], Some(&mut cache))?;
         row = read_f32(last_row(logits)).await?;
     }
-    Ok(Generation { tokens, stopped_on_eos, prefill_secs, decode_secs: secs_since(start) })
+    Ok(Generation {
+        tokens,
+        stopped_on_eos,
+        prefill_secs,
+        decode_secs: secs_since(start),
+    })
 }

@@ -18,7 +18,9 @@ impl BaseLinear {
             BaseLinear::Dense(w) => {
                 let [b, t, i] = x.dims();
                 let out = w.dims()[0];
-                x.reshape([b * t, i]).matmul(w.clone().transpose()).reshape([b, t, out])
+                x.reshape([b * t, i])
+                    .matmul(w.clone().transpose())
+                    .reshape([b, t, out])
             }
         }
     }

@@ -3,7 +3,7 @@
 //! and the causal-LM loss with -100 labels ignored.
 
 use super::ModelError;
-use super::attention::{AttnContext, Attention, LayerCache, inv_freq};
+use super::attention::{Attention, AttnContext, LayerCache, inv_freq};
 use super::linear::AdaptedLinear;
 use burn::tensor::{Device, Int, Tensor, TensorData, activation, module::embedding};
 use serde::{Deserialize, Serialize};
@@ -60,7 +60,11 @@ impl LlamaConfig {
         let (h, i, d) = (self.hidden_size, self.intermediate_size, self.head_dim);
         let attn = h * self.num_attention_heads * d * 2 + h * self.num_key_value_heads * d * 2;
         let block = attn + 3 * h * i + 2 * h;
-        let head = if self.tie_word_embeddings { 0 } else { self.vocab_size * h };
+        let head = if self.tie_word_embeddings {
+            0
+        } else {
+            self.vocab_size * h
+        };
         self.vocab_size * h + self.num_hidden_layers * block + h + head
     }
 
@@ -68,7 +72,10 @@ impl LlamaConfig {
     pub fn expected_tensors(&self) -> Vec<(String, Vec<usize>)> {
         let (h, i, d) = (self.hidden_size, self.intermediate_size, self.head_dim);
         let (q, kv) = (self.num_attention_heads * d, self.num_key_value_heads * d);
-        let mut out = vec![("model.embed_tokens.weight".to_string(), vec![self.vocab_size, h])];
+        let mut out = vec![(
+            "model.embed_tokens.weight".to_string(),
+            vec![self.vocab_size, h],
+        )];
         for l in 0..self.num_hidden_layers {
             let p = format!("model.layers.{l}");
             out.extend([
@@ -93,7 +100,13 @@ impl LlamaConfig {
 
 /// RMSNorm in f32: `w · x / sqrt(mean(x²) + eps)`.
 pub fn rms_norm(x: Tensor<3>, weight: &Tensor<1>, eps: f64) -> Tensor<3> {
-    let inv = x.clone().square().mean_dim(2).add_scalar(eps).sqrt().recip();
+    let inv = x
+        .clone()
+        .square()
+        .mean_dim(2)
+        .add_scalar(eps)
+        .sqrt()
+        .recip();
     x * inv * weight.clone().unsqueeze::<3>()
 }
 
@@ -161,16 +174,28 @@ impl Llama {
 
     /// Every weight tensor by HF name (the head is omitted when tied).
     pub fn named_weights(&self) -> Vec<(String, Tensor<2>)> {
-        let mut out = vec![("model.embed_tokens.weight".to_string(), self.embed_tokens.clone())];
+        let mut out = vec![(
+            "model.embed_tokens.weight".to_string(),
+            self.embed_tokens.clone(),
+        )];
         for (l, b) in self.layers.iter().enumerate() {
             let p = format!("model.layers.{l}");
-            out.push((format!("{p}.input_layernorm.weight"), b.input_layernorm.clone().unsqueeze()));
+            out.push((
+                format!("{p}.input_layernorm.weight"),
+                b.input_layernorm.clone().unsqueeze(),
+            ));
             for (n, lin) in b.linears() {
                 out.push((format!("{p}.{n}.weight"), lin.base.dense().clone()));
             }
-            out.push((format!("{p}.post_attention_layernorm.weight"), b.post_attention_layernorm.clone().unsqueeze()));
+            out.push((
+                format!("{p}.post_attention_layernorm.weight"),
+                b.post_attention_layernorm.clone().unsqueeze(),
+            ));
         }
-        out.push(("model.norm.weight".to_string(), self.norm.clone().unsqueeze()));
+        out.push((
+            "model.norm.weight".to_string(),
+            self.norm.clone().unsqueeze(),
+        ));
         if let Some(h) = &self.lm_head {
             out.push(("lm_head.weight".to_string(), h.clone()));
         }
@@ -178,16 +203,25 @@ impl Llama {
     }
 
     /// Token ids `[B, T]` (host) → logits `[B, T, V]`; with `cache`, positions continue after it.
-    pub fn forward(&self, ids: &[Vec<u32>], cache: Option<&mut KvCache>) -> Result<Tensor<3>, ModelError> {
+    pub fn forward(
+        &self,
+        ids: &[Vec<u32>],
+        cache: Option<&mut KvCache>,
+    ) -> Result<Tensor<3>, ModelError> {
         let device = self.device();
         let b = ids.len();
         let t = ids.first().map_or(0, Vec::len);
         if b == 0 || t == 0 || ids.iter().any(|r| r.len() != t) {
-            return Err(ModelError::Input("a batch needs rows of one equal, non-zero length".into()));
+            return Err(ModelError::Input(
+                "a batch needs rows of one equal, non-zero length".into(),
+            ));
         }
         let vocab = self.config.vocab_size;
         if let Some(&id) = ids.iter().flatten().find(|&&id| id as usize >= vocab) {
-            return Err(ModelError::TokenOutOfRange { id: id as i64, vocab });
+            return Err(ModelError::TokenOutOfRange {
+                id: id as i64,
+                vocab,
+            });
         }
         let past = cache.as_ref().map_or(0, |c| c.len);
         let flat: Vec<i64> = ids.iter().flatten().map(|&x| x as i64).collect();
@@ -212,7 +246,9 @@ impl Llama {
         let x = rms_norm(x, &self.norm, eps);
         let head = self.lm_head.as_ref().unwrap_or(&self.embed_tokens).clone();
         let hidden = self.config.hidden_size;
-        Ok(x.reshape([b * t, hidden]).matmul(head.transpose()).reshape([b, t, vocab]))
+        Ok(x.reshape([b * t, hidden])
+            .matmul(head.transpose())
+            .reshape([b, t, vocab]))
     }
 }
 
@@ -232,7 +268,11 @@ impl Block {
 
     /// Mutable access to the projections, for attaching adapters.
     pub fn linears_mut(&mut self) -> [(&'static str, &mut AdaptedLinear); 7] {
-        let Block { self_attn: a, mlp: m, .. } = self;
+        let Block {
+            self_attn: a,
+            mlp: m,
+            ..
+        } = self;
         [
             ("self_attn.q_proj", &mut a.q_proj),
             ("self_attn.k_proj", &mut a.k_proj),
@@ -247,16 +287,24 @@ impl Block {
 
 /// HF's causal-LM loss: mean over positions `t` with `labels[t+1] != -100` of
 /// `CE(logits[t], labels[t+1])`. Returns the loss tensor `[1]` and the number of counted tokens.
-pub fn causal_lm_loss(logits: Tensor<3>, labels: &[Vec<i64>]) -> Result<(Tensor<1>, usize), ModelError> {
+pub fn causal_lm_loss(
+    logits: Tensor<3>,
+    labels: &[Vec<i64>],
+) -> Result<(Tensor<1>, usize), ModelError> {
     let [b, t, v] = logits.dims();
     if labels.len() != b || labels.iter().any(|r| r.len() != t) {
-        return Err(ModelError::Input("labels must have the shape of the input ids".into()));
+        return Err(ModelError::Input(
+            "labels must have the shape of the input ids".into(),
+        ));
     }
     if t < 2 {
         return Err(ModelError::NoLabels);
     }
     let targets: Vec<i64> = labels.iter().flat_map(|r| r[1..].iter().copied()).collect();
-    if let Some(&bad) = targets.iter().find(|&&y| y != -100 && !(0..v as i64).contains(&y)) {
+    if let Some(&bad) = targets
+        .iter()
+        .find(|&&y| y != -100 && !(0..v as i64).contains(&y))
+    {
         return Err(ModelError::TokenOutOfRange { id: bad, vocab: v });
     }
     let count = targets.iter().filter(|&&y| y != -100).count();
@@ -265,7 +313,10 @@ pub fn causal_lm_loss(logits: Tensor<3>, labels: &[Vec<i64>]) -> Result<(Tensor<
     }
     let device = logits.device();
     let n = b * (t - 1);
-    let weights: Vec<f32> = targets.iter().map(|&y| if y == -100 { 0.0 } else { 1.0 }).collect();
+    let weights: Vec<f32> = targets
+        .iter()
+        .map(|&y| if y == -100 { 0.0 } else { 1.0 })
+        .collect();
     let safe: Vec<i64> = targets.iter().map(|&y| y.max(0)).collect();
     let shifted = logits.slice([0..b, 0..t - 1, 0..v]).reshape([n, v]);
     let logp = activation::log_softmax(shifted, 1);

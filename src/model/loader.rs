@@ -6,8 +6,9 @@ use super::attention::Attention;
 use super::linear::AdaptedLinear;
 use super::llama::{Block, Llama, LlamaConfig, Mlp, config_inv_freq};
 use super::weights::{Checkpoint, HostData, HostTensor};
+use crate::io::chat::ChatTemplate;
 use crate::io::gguf::{Gguf, MetaValue};
-use crate::io::tokenizer::{ChatTemplate, tokenizer_from_gguf};
+use crate::io::tokenizer::tokenizer_from_gguf;
 use crate::io::{Blob, FileSource, LoadError, hf};
 use burn::tensor::{Device, Tensor, TensorData};
 use std::collections::BTreeMap;
@@ -84,7 +85,11 @@ fn read_hf(dir: &dyn FileSource) -> Result<ModelFiles, LoadError> {
                 .map_err(|cause| LoadError::Json { file, cause })?;
             let token = |k: &str| match v.get(k) {
                 Some(serde_json::Value::String(s)) => s.clone(),
-                Some(o) => o.get("content").and_then(|c| c.as_str()).unwrap_or("").to_string(),
+                Some(o) => o
+                    .get("content")
+                    .and_then(|c| c.as_str())
+                    .unwrap_or("")
+                    .to_string(),
                 None => String::new(),
             };
             v.get("chat_template")
@@ -149,31 +154,49 @@ fn unpermute_rows(bytes: &[u8], rows: usize, n_head: usize) -> Vec<u8> {
 }
 
 fn gguf_config(g: &Gguf, file: &str) -> Result<LlamaConfig, LoadError> {
-    let wrap = |cause| LoadError::Gguf { file: file.into(), cause };
+    let wrap = |cause| LoadError::Gguf {
+        file: file.into(),
+        cause,
+    };
     let arch = g.get_str("general.architecture").map_err(wrap)?;
     if arch != "llama" {
-        return Err(LoadError::Architecture { file: file.into(), arch: arch.into() });
+        return Err(LoadError::Architecture {
+            file: file.into(),
+            arch: arch.into(),
+        });
     }
     let uint = |k: &str| -> Result<usize, LoadError> {
         let v = g.get_u64(&format!("llama.{k}")).map_err(wrap)? as usize;
         if v == 0 {
-            return Err(LoadError::invalid(file, format!("metadata `llama.{k}` must be positive")));
+            return Err(LoadError::invalid(
+                file,
+                format!("metadata `llama.{k}` must be positive"),
+            ));
         }
         Ok(v)
     };
     let hidden = uint("embedding_length")?;
     let heads = uint("attention.head_count")?;
-    let kv = g.get_opt_u64("llama.attention.head_count_kv").map_err(wrap)?.map_or(heads, |v| v as usize);
+    let kv = g
+        .get_opt_u64("llama.attention.head_count_kv")
+        .map_err(wrap)?
+        .map_or(heads, |v| v as usize);
     let head_dim = g
         .get_opt_u64("llama.attention.key_length")
         .map_err(wrap)?
         .map_or(hidden / heads.max(1), |v| v as usize);
     if kv == 0 || heads % kv != 0 || head_dim % 2 != 0 {
-        return Err(LoadError::invalid(file, format!("inconsistent heads: {heads} query, {kv} kv, head_dim {head_dim}")));
+        return Err(LoadError::invalid(
+            file,
+            format!("inconsistent heads: {heads} query, {kv} kv, head_dim {head_dim}"),
+        ));
     }
     let vocab = match g.metadata.get("tokenizer.ggml.tokens") {
         Some(MetaValue::Array(a)) => a.len(),
-        _ => g.get_opt_u64("llama.vocab_size").map_err(wrap)?.unwrap_or(0) as usize,
+        _ => g
+            .get_opt_u64("llama.vocab_size")
+            .map_err(wrap)?
+            .unwrap_or(0) as usize,
     };
     let tied = g.tensor("output.weight").is_none();
     let eos = g.get_opt_u64("tokenizer.ggml.eos_token_id").map_err(wrap)?;
@@ -185,18 +208,33 @@ fn gguf_config(g: &Gguf, file: &str) -> Result<LlamaConfig, LoadError> {
         num_attention_heads: heads,
         num_key_value_heads: kv,
         head_dim,
-        rms_norm_eps: g.get_opt_f64("llama.attention.layer_norm_rms_epsilon").map_err(wrap)?.unwrap_or(1e-5),
-        rope_theta: g.get_opt_f64("llama.rope.freq_base").map_err(wrap)?.unwrap_or(10000.0),
+        rms_norm_eps: g
+            .get_opt_f64("llama.attention.layer_norm_rms_epsilon")
+            .map_err(wrap)?
+            .unwrap_or(1e-5),
+        rope_theta: g
+            .get_opt_f64("llama.rope.freq_base")
+            .map_err(wrap)?
+            .unwrap_or(10000.0),
         rope_scaling: None,
         tie_word_embeddings: tied,
-        max_position_embeddings: g.get_opt_u64("llama.context_length").map_err(wrap)?.unwrap_or(2048) as usize,
-        bos_token_id: g.get_opt_u64("tokenizer.ggml.bos_token_id").map_err(wrap)?.map(|x| x as u32),
+        max_position_embeddings: g
+            .get_opt_u64("llama.context_length")
+            .map_err(wrap)?
+            .unwrap_or(2048) as usize,
+        bos_token_id: g
+            .get_opt_u64("tokenizer.ggml.bos_token_id")
+            .map_err(wrap)?
+            .map(|x| x as u32),
         eos_token_ids: eos.map(|x| vec![x as u32]).unwrap_or_default(),
     })
 }
 
 fn read_gguf(bytes: &[u8], file: &str) -> Result<ModelFiles, LoadError> {
-    let wrap = |cause| LoadError::Gguf { file: file.into(), cause };
+    let wrap = |cause| LoadError::Gguf {
+        file: file.into(),
+        cause,
+    };
     let g = Gguf::parse(bytes).map_err(wrap)?;
     for info in &g.tensors {
         info.ty().map_err(wrap)?;
@@ -205,12 +243,20 @@ fn read_gguf(bytes: &[u8], file: &str) -> Result<ModelFiles, LoadError> {
     if g.metadata.contains_key("llama.rope.scaling.type") {
         let kind = g.get_str("llama.rope.scaling.type").map_err(wrap)?;
         if kind != "none" {
-            return Err(LoadError::invalid(file, format!("rope scaling `{kind}` in GGUF is not supported")));
+            return Err(LoadError::invalid(
+                file,
+                format!("rope scaling `{kind}` in GGUF is not supported"),
+            ));
         }
     }
-    let mut checkpoint = Checkpoint { tensors: BTreeMap::new(), origin: file.into() };
+    let mut checkpoint = Checkpoint {
+        tensors: BTreeMap::new(),
+        origin: file.into(),
+    };
     for info in &g.tensors {
-        let Some(name) = hf_name(&info.name) else { continue };
+        let Some(name) = hf_name(&info.name) else {
+            continue;
+        };
         let ty = info.ty().map_err(wrap)?;
         let raw = g.tensor_bytes(bytes, info).map_err(wrap)?;
         let shape: Vec<usize> = info.dims.iter().rev().map(|&d| d as usize).collect();
@@ -224,17 +270,28 @@ fn read_gguf(bytes: &[u8], file: &str) -> Result<ModelFiles, LoadError> {
         };
         let packed = match n_head {
             Some(h) if rows % (2 * h) == 0 => unpermute_rows(raw, rows, h),
-            Some(_) => return Err(LoadError::invalid(file, format!("tensor {} rows do not split into heads", info.name))),
+            Some(_) => {
+                return Err(LoadError::invalid(
+                    file,
+                    format!("tensor {} rows do not split into heads", info.name),
+                ));
+            }
             None => raw.to_vec(),
         };
         let data = match ty {
-            crate::quant::ggml::GgmlType::F32 => HostData::F32(bytemuck::pod_collect_to_vec::<u8, f32>(&packed)),
-            other => HostData::Ggml { ty: other, bytes: packed },
+            crate::quant::ggml::GgmlType::F32 => {
+                HostData::F32(bytemuck::pod_collect_to_vec::<u8, f32>(&packed))
+            }
+            other => HostData::Ggml {
+                ty: other,
+                bytes: packed,
+            },
         };
         checkpoint.tensors.insert(name, HostTensor { shape, data });
     }
     let tokenizer = tokenizer_from_gguf(&g).map_err(|e| LoadError::invalid(file, e.to_string()))?;
-    let chat_template = ChatTemplate::from_gguf(&g).map_err(|e| LoadError::invalid(file, e.to_string()))?;
+    let chat_template =
+        ChatTemplate::from_gguf(&g).map_err(|e| LoadError::invalid(file, e.to_string()))?;
     Ok(ModelFiles {
         config,
         checkpoint,
@@ -245,13 +302,20 @@ fn read_gguf(bytes: &[u8], file: &str) -> Result<ModelFiles, LoadError> {
 }
 
 /// Check every expected tensor exists with the right shape, then upload to `device`.
-pub fn build_llama(config: &LlamaConfig, ckpt: &Checkpoint, device: &Device) -> Result<Llama, LoadError> {
+pub fn build_llama(
+    config: &LlamaConfig,
+    ckpt: &Checkpoint,
+    device: &Device,
+) -> Result<Llama, LoadError> {
     let file = &ckpt.origin;
     let take = |name: &str, want: &[usize]| -> Result<Vec<f32>, LoadError> {
-        let t = ckpt.tensors.get(name).ok_or_else(|| LoadError::MissingTensor {
-            file: file.clone(),
-            name: name.to_string(),
-        })?;
+        let t = ckpt
+            .tensors
+            .get(name)
+            .ok_or_else(|| LoadError::MissingTensor {
+                file: file.clone(),
+                name: name.to_string(),
+            })?;
         if t.shape != want {
             return Err(LoadError::Shape {
                 file: file.clone(),
@@ -260,16 +324,24 @@ pub fn build_llama(config: &LlamaConfig, ckpt: &Checkpoint, device: &Device) -> 
                 want: want.to_vec(),
             });
         }
-        t.to_f32().map_err(|e| LoadError::invalid(file, format!("tensor `{name}`: {e}")))
+        t.to_f32()
+            .map_err(|e| LoadError::invalid(file, format!("tensor `{name}`: {e}")))
     };
     let expected: BTreeMap<String, Vec<usize>> = config.expected_tensors().into_iter().collect();
     let get2 = |name: &str| -> Result<Tensor<2>, LoadError> {
         let shape = &expected[name];
         let v = take(name, shape)?;
-        Ok(Tensor::from_data(TensorData::new(v, [shape[0], shape[1]]), device))
+        Ok(Tensor::from_data(
+            TensorData::new(v, [shape[0], shape[1]]),
+            device,
+        ))
     };
     let embed_tokens = get2("model.embed_tokens.weight")?;
-    let lm_head = if config.tie_word_embeddings { None } else { Some(get2("lm_head.weight")?) };
+    let lm_head = if config.tie_word_embeddings {
+        None
+    } else {
+        Some(get2("lm_head.weight")?)
+    };
     let mut layers = Vec::with_capacity(config.num_hidden_layers);
     for l in 0..config.num_hidden_layers {
         let p = format!("model.layers.{l}");
@@ -291,7 +363,10 @@ pub fn build_llama(config: &LlamaConfig, ckpt: &Checkpoint, device: &Device) -> 
         let norm = |m: &str| -> Result<Tensor<1>, LoadError> {
             let name = format!("{p}.{m}.weight");
             let v = take(&name, &expected[&name])?;
-            Ok(Tensor::from_data(TensorData::new(v, [config.hidden_size]), device))
+            Ok(Tensor::from_data(
+                TensorData::new(v, [config.hidden_size]),
+                device,
+            ))
         };
         layers.push(Block {
             input_layernorm: norm("input_layernorm")?,

@@ -3,7 +3,7 @@
 //! `{"instruction", "input"?, "output"}` (rendered with the chat template, loss on the output
 //! only). Files are jsonl or a JSON array. Errors name the file and line.
 
-use crate::io::tokenizer::{ChatMessage, ChatTemplate};
+use crate::io::chat::{ChatMessage, ChatTemplate};
 use serde_json::Value;
 
 /// One tokenized example.
@@ -37,11 +37,20 @@ pub struct Tokenize<'a> {
 
 /// Parse a whole data file (jsonl, or a JSON array of records).
 pub fn parse_records(text: &str, file: &str) -> Result<Vec<(usize, Value)>, DataError> {
-    let err = |line: usize, msg: String| DataError { file: file.into(), line, msg };
+    let err = |line: usize, msg: String| DataError {
+        file: file.into(),
+        line,
+        msg,
+    };
     if text.trim_start().starts_with('[') {
-        let v: Value = serde_json::from_str(text).map_err(|e| err(e.line(), format!("invalid JSON: {e}")))?;
+        let v: Value =
+            serde_json::from_str(text).map_err(|e| err(e.line(), format!("invalid JSON: {e}")))?;
         let arr = v.as_array().cloned().unwrap_or_default();
-        return Ok(arr.into_iter().enumerate().map(|(i, r)| (i + 1, r)).collect());
+        return Ok(arr
+            .into_iter()
+            .enumerate()
+            .map(|(i, r)| (i + 1, r))
+            .collect());
     }
     text.lines()
         .enumerate()
@@ -55,10 +64,17 @@ pub fn parse_records(text: &str, file: &str) -> Result<Vec<(usize, Value)>, Data
 }
 
 fn id_list(v: &Value, key: &str) -> Result<Option<Vec<i64>>, String> {
-    let Some(raw) = v.get(key) else { return Ok(None) };
-    let arr = raw.as_array().ok_or_else(|| format!("`{key}` must be an array of integers"))?;
+    let Some(raw) = v.get(key) else {
+        return Ok(None);
+    };
+    let arr = raw
+        .as_array()
+        .ok_or_else(|| format!("`{key}` must be an array of integers"))?;
     arr.iter()
-        .map(|x| x.as_i64().ok_or_else(|| format!("`{key}` must be an array of integers, found {x}")))
+        .map(|x| {
+            x.as_i64()
+                .ok_or_else(|| format!("`{key}` must be an array of integers, found {x}"))
+        })
         .collect::<Result<Vec<_>, _>>()
         .map(Some)
 }
@@ -74,13 +90,23 @@ pub fn to_example(v: &Value, tok: Option<&Tokenize<'_>>) -> Result<Example, Stri
         }
         let labels = id_list(v, "labels")?.unwrap_or_else(|| ids.clone());
         if labels.len() != ids.len() {
-            return Err(format!("`labels` has {} entries but `input_ids` has {}", labels.len(), ids.len()));
+            return Err(format!(
+                "`labels` has {} entries but `input_ids` has {}",
+                labels.len(),
+                ids.len()
+            ));
         }
-        return Ok(Example { input_ids: ids.iter().map(|&x| x as u32).collect(), labels });
+        return Ok(Example {
+            input_ids: ids.iter().map(|&x| x as u32).collect(),
+            labels,
+        });
     }
     let need_tok = || tok.ok_or_else(|| "text records need a model with a tokenizer".to_string());
     let encode = |t: &Tokenize<'_>, s: &str, special: bool| -> Result<Vec<u32>, String> {
-        t.tokenizer.encode(s, special).map(|e| e.get_ids().to_vec()).map_err(|e| format!("tokenizer: {e}"))
+        t.tokenizer
+            .encode(s, special)
+            .map(|e| e.get_ids().to_vec())
+            .map_err(|e| format!("tokenizer: {e}"))
     };
     if let Some(text) = v.get("text") {
         let text = text.as_str().ok_or("`text` must be a string")?;
@@ -89,39 +115,75 @@ pub fn to_example(v: &Value, tok: Option<&Tokenize<'_>>) -> Result<Example, Stri
             return Err("`text` tokenizes to nothing".into());
         }
         let labels = ids.iter().map(|&x| x as i64).collect();
-        return Ok(Example { input_ids: ids, labels });
+        return Ok(Example {
+            input_ids: ids,
+            labels,
+        });
     }
     if let Some(instr) = v.get("instruction") {
         let t = need_tok()?;
         let field = |k: &str| v.get(k).and_then(Value::as_str).unwrap_or("").to_string();
         let instr = instr.as_str().ok_or("`instruction` must be a string")?;
         let input = field("input");
-        let user = if input.is_empty() { instr.to_string() } else { format!("{instr}\n{input}") };
-        let output = v.get("output").and_then(Value::as_str).ok_or("alpaca record needs a string `output`")?;
-        let msgs = [ChatMessage { role: "user".into(), content: user }];
+        let user = if input.is_empty() {
+            instr.to_string()
+        } else {
+            format!("{instr}\n{input}")
+        };
+        let output = v
+            .get("output")
+            .and_then(Value::as_str)
+            .ok_or("alpaca record needs a string `output`")?;
+        let msgs = [ChatMessage {
+            role: "user".into(),
+            content: user,
+        }];
         let prompt = match t.chat_template {
-            Some(ct) => ct.render(&msgs, true).map_err(|e| format!("chat template: {e}"))?,
+            Some(ct) => ct
+                .render(&msgs, true)
+                .map_err(|e| format!("chat template: {e}"))?,
             None => format!("{}\n", msgs[0].content),
         };
         let prompt_ids = encode(t, &prompt, false)?;
         let answer_ids = encode(t, output, false)?;
-        let labels = prompt_ids.iter().map(|_| -100).chain(answer_ids.iter().map(|&x| x as i64)).collect();
+        let labels = prompt_ids
+            .iter()
+            .map(|_| -100)
+            .chain(answer_ids.iter().map(|&x| x as i64))
+            .collect();
         let mut ids = prompt_ids;
         ids.extend(answer_ids);
-        return Ok(Example { input_ids: ids, labels });
+        return Ok(Example {
+            input_ids: ids,
+            labels,
+        });
     }
     Err("record has none of `input_ids`, `text`, `instruction`".into())
 }
 
 /// Parse and tokenize a data file; every problem names `file:line`.
-pub fn load_examples(text: &str, file: &str, tok: Option<&Tokenize<'_>>) -> Result<Vec<Example>, DataError> {
+pub fn load_examples(
+    text: &str,
+    file: &str,
+    tok: Option<&Tokenize<'_>>,
+) -> Result<Vec<Example>, DataError> {
     let records = parse_records(text, file)?;
     if records.is_empty() {
-        return Err(DataError { file: file.into(), line: 0, msg: "no records".into() });
+        return Err(DataError {
+            file: file.into(),
+            line: 0,
+            msg: "no records".into(),
+        });
     }
     records
         .iter()
-        .map(|(line, v)| to_example(v, tok).map_err(|msg| DataError { file: file.into(), line: *line, msg }))
+        .map(|(line, v)| {
+            to_example(v, tok).map_err(|msg| DataError {
+                file: file.into(),
+                line: *line,
+                msg,
+            })
+        })
         .collect()
 }
 
@@ -131,7 +193,12 @@ mod tests {
 
     #[test]
     fn input_ids_with_and_without_labels() {
-        let ex = load_examples("{\"input_ids\":[1,2,3]}\n\n{\"input_ids\":[4,5],\"labels\":[-100,5]}\n", "d.jsonl", None).unwrap();
+        let ex = load_examples(
+            "{\"input_ids\":[1,2,3]}\n\n{\"input_ids\":[4,5],\"labels\":[-100,5]}\n",
+            "d.jsonl",
+            None,
+        )
+        .unwrap();
         assert_eq!(ex[0].labels, vec![1, 2, 3]);
         assert_eq!(ex[1].labels, vec![-100, 5]);
     }

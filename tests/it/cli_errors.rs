@@ -12,7 +12,10 @@ fn wgtune(args: &[&str]) -> (i32, String) {
         .env("CUBECL_AUTOTUNE_LEVEL", "minimal")
         .output()
         .unwrap();
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 /// Assert a clean failure whose error line contains every `needle`.
@@ -20,7 +23,10 @@ fn assert_fails(args: &[&str], needles: &[&str]) {
     let (code, err) = wgtune(args);
     assert_ne!(code, 0, "expected failure for {args:?}");
     assert!(!err.contains("panicked"), "panic for {args:?}: {err}");
-    let line = err.lines().find(|l| l.starts_with("error:")).unwrap_or_else(|| panic!("no error line: {err}"));
+    let line = err
+        .lines()
+        .find(|l| l.starts_with("error:"))
+        .unwrap_or_else(|| panic!("no error line: {err}"));
     for n in needles {
         assert!(line.contains(n), "`{line}` should mention `{n}`");
     }
@@ -42,7 +48,10 @@ fn s(p: &Path) -> &str {
 }
 
 /// Rewrite the model's safetensors with `edit` applied to the tensor map.
-fn rewrite(dir: &Path, edit: impl FnOnce(&mut std::collections::BTreeMap<String, (Vec<usize>, Vec<f32>)>)) {
+fn rewrite(
+    dir: &Path,
+    edit: impl FnOnce(&mut std::collections::BTreeMap<String, (Vec<usize>, Vec<f32>)>),
+) {
     let t = read_tensors(&dir.join("model.safetensors"));
     let mut map: std::collections::BTreeMap<_, _> = t.f32.into_iter().collect();
     edit(&mut map);
@@ -56,7 +65,10 @@ fn truncated_safetensors() {
     let f = dir.join("model.safetensors");
     let bytes = std::fs::read(&f).unwrap();
     std::fs::write(&f, &bytes[..bytes.len() / 2]).unwrap();
-    assert_fails(&["inspect", "--model", s(&dir)], &["model.safetensors", "safetensors"]);
+    assert_fails(
+        &["inspect", "--model", s(&dir)],
+        &["model.safetensors", "safetensors"],
+    );
 }
 
 #[test]
@@ -67,7 +79,15 @@ fn missing_tensor() {
     });
     let data = fixture("tiny_gqa/data.jsonl");
     assert_fails(
-        &["eval", "--backend", "cpu", "--model", s(&dir), "--data", s(&data)],
+        &[
+            "eval",
+            "--backend",
+            "cpu",
+            "--model",
+            s(&dir),
+            "--data",
+            s(&data),
+        ],
         &["missing tensor", "model.layers.1.mlp.up_proj.weight"],
     );
 }
@@ -81,7 +101,15 @@ fn wrong_shape() {
     });
     let data = fixture("tiny_gqa/data.jsonl");
     assert_fails(
-        &["eval", "--backend", "cpu", "--model", s(&dir), "--data", s(&data)],
+        &[
+            "eval",
+            "--backend",
+            "cpu",
+            "--model",
+            s(&dir),
+            "--data",
+            s(&data),
+        ],
         &["model.layers.0.self_attn.k_proj.weight", "shape"],
     );
 }
@@ -91,12 +119,22 @@ fn unknown_architecture_and_bad_config() {
     let (_t, dir) = tiny_copy();
     let cfg_path = dir.join("config.json");
     let cfg = std::fs::read_to_string(&cfg_path).unwrap();
-    std::fs::write(&cfg_path, cfg.replace("LlamaForCausalLM", "MambaForCausalLM")).unwrap();
-    assert_fails(&["inspect", "--model", s(&dir)], &["config.json", "MambaForCausalLM"]);
+    std::fs::write(
+        &cfg_path,
+        cfg.replace("LlamaForCausalLM", "MambaForCausalLM"),
+    )
+    .unwrap();
+    assert_fails(
+        &["inspect", "--model", s(&dir)],
+        &["config.json", "MambaForCausalLM"],
+    );
     let mut v: serde_json::Value = serde_json::from_str(&cfg).unwrap();
     v["num_key_value_heads"] = 3.into();
     std::fs::write(&cfg_path, v.to_string()).unwrap();
-    assert_fails(&["inspect", "--model", s(&dir)], &["config.json", "num_key_value_heads"]);
+    assert_fails(
+        &["inspect", "--model", s(&dir)],
+        &["config.json", "num_key_value_heads"],
+    );
     std::fs::write(&cfg_path, "{ not json").unwrap();
     assert_fails(&["inspect", "--model", s(&dir)], &["config.json", "JSON"]);
 }
@@ -120,7 +158,7 @@ fn tiny_gguf(ty: u32) -> Vec<u8> {
     b.extend(4u64.to_le_bytes());
     b.extend(ty.to_le_bytes());
     b.extend(0u64.to_le_bytes());
-    while b.len() % 32 != 0 {
+    while !b.len().is_multiple_of(32) {
         b.push(0);
     }
     b.extend(vec![0u8; 4 * 256 * 4]);
@@ -132,7 +170,10 @@ fn unknown_quant_type_and_truncated_gguf() {
     let tmp = tempfile::tempdir().unwrap();
     let q4k = tmp.path().join("q4k.gguf");
     std::fs::write(&q4k, tiny_gguf(12)).unwrap();
-    assert_fails(&["inspect", "--model", s(&q4k)], &["q4k.gguf", "Q4_K", "blk.0.ffn_down.weight"]);
+    assert_fails(
+        &["inspect", "--model", s(&q4k)],
+        &["q4k.gguf", "Q4_K", "blk.0.ffn_down.weight"],
+    );
     let real = std::fs::read(asset("SmolLM2-135M-Instruct.Q4_1.gguf")).unwrap();
     for cut in [10usize, 5000, real.len() - 1000] {
         let p = tmp.path().join(format!("cut{cut}.gguf"));
@@ -141,25 +182,79 @@ fn unknown_quant_type_and_truncated_gguf() {
     }
     let not_gguf = tmp.path().join("model.bin");
     std::fs::write(&not_gguf, b"hello").unwrap();
-    assert_fails(&["inspect", "--model", s(&not_gguf)], &["model.bin", "GGUF"]);
+    assert_fails(
+        &["inspect", "--model", s(&not_gguf)],
+        &["model.bin", "GGUF"],
+    );
 }
 
 #[test]
 fn invalid_jsonl_line() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("bad.jsonl");
-    std::fs::write(&data, "{\"input_ids\": [1, 2, 3]}\n{\"input_ids\": [1, 2,\n").unwrap();
+    std::fs::write(
+        &data,
+        "{\"input_ids\": [1, 2, 3]}\n{\"input_ids\": [1, 2,\n",
+    )
+    .unwrap();
     let model = fixture("tiny_gqa");
-    assert_fails(&["eval", "--backend", "cpu", "--model", s(&model), "--data", s(&data)], &["bad.jsonl:2", "JSON"]);
+    assert_fails(
+        &[
+            "eval",
+            "--backend",
+            "cpu",
+            "--model",
+            s(&model),
+            "--data",
+            s(&data),
+        ],
+        &["bad.jsonl:2", "JSON"],
+    );
     std::fs::write(&data, "{\"input_ids\": [1, 2, 999]}\n").unwrap();
-    assert_fails(&["eval", "--backend", "cpu", "--model", s(&model), "--data", s(&data)], &["999", "vocabulary"]);
-    std::fs::write(&data, "{\"input_ids\": [1, 2, 3]}\n{\"input_ids\": [4, 5]}\n").unwrap();
+    assert_fails(
+        &[
+            "eval",
+            "--backend",
+            "cpu",
+            "--model",
+            s(&model),
+            "--data",
+            s(&data),
+        ],
+        &["999", "vocabulary"],
+    );
+    std::fs::write(
+        &data,
+        "{\"input_ids\": [1, 2, 3]}\n{\"input_ids\": [4, 5]}\n",
+    )
+    .unwrap();
     let dump = tmp.path().join("d.safetensors");
     assert_fails(
-        &["eval", "--backend", "cpu", "--model", s(&model), "--data", s(&data), "--dump", s(&dump)],
+        &[
+            "eval",
+            "--backend",
+            "cpu",
+            "--model",
+            s(&model),
+            "--data",
+            s(&data),
+            "--dump",
+            s(&dump),
+        ],
         &["equal lengths"],
     );
-    assert_fails(&["eval", "--backend", "cpu", "--model", s(&model), "--data", s(&tmp.path().join("nope.jsonl"))], &["nope.jsonl"]);
+    assert_fails(
+        &[
+            "eval",
+            "--backend",
+            "cpu",
+            "--model",
+            s(&model),
+            "--data",
+            s(&tmp.path().join("nope.jsonl")),
+        ],
+        &["nope.jsonl"],
+    );
 }
 
 #[test]
@@ -168,7 +263,17 @@ fn eval_dump_matches_fixture() {
     let dump = tmp.path().join("dump.safetensors");
     let model = fixture("tiny_gqa");
     let data = fixture("tiny_gqa/data.jsonl");
-    let (code, err) = wgtune(&["eval", "--backend", "cpu", "--model", s(&model), "--data", s(&data), "--dump", s(&dump)]);
+    let (code, err) = wgtune(&[
+        "eval",
+        "--backend",
+        "cpu",
+        "--model",
+        s(&model),
+        "--data",
+        s(&data),
+        "--dump",
+        s(&dump),
+    ]);
     assert_eq!(code, 0, "{err}");
     let got = read_tensors(&dump);
     let want = read_tensors(&model.join("expected.safetensors"));

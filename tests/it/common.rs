@@ -21,7 +21,11 @@ pub fn fixture(rel: &str) -> PathBuf {
 /// A demo asset; fails loudly (not a skip) when `scripts/fetch-assets.sh` has not been run.
 pub fn asset(name: &str) -> PathBuf {
     let p = root().join("assets").join(name);
-    assert!(p.exists(), "{} is missing: run `bash scripts/fetch-assets.sh` first", p.display());
+    assert!(
+        p.exists(),
+        "{} is missing: run `bash scripts/fetch-assets.sh` first",
+        p.display()
+    );
     p
 }
 
@@ -37,16 +41,27 @@ pub struct Tensors {
 pub fn read_tensors(path: &Path) -> Tensors {
     let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let st = SafeTensors::deserialize(&bytes).unwrap();
-    let mut out = Tensors { f32: HashMap::new(), i64: HashMap::new() };
+    let mut out = Tensors {
+        f32: HashMap::new(),
+        i64: HashMap::new(),
+    };
     for (name, view) in st.iter() {
         let shape = view.shape().to_vec();
         match view.dtype() {
             Dtype::F32 => {
-                let v = view.data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+                let v = view
+                    .data()
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                    .collect();
                 out.f32.insert(name.to_string(), (shape, v));
             }
             Dtype::I64 => {
-                let v = view.data().chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect();
+                let v = view
+                    .data()
+                    .chunks_exact(8)
+                    .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
+                    .collect();
                 out.i64.insert(name.to_string(), (shape, v));
             }
             other => panic!("unexpected dtype {other:?} for {name}"),
@@ -66,7 +81,9 @@ pub fn device(backend: &str) -> Device {
     // SAFETY: set before any wgpu runtime starts in this process; same value from every thread.
     unsafe { std::env::set_var("CUBECL_AUTOTUNE_LEVEL", "minimal") };
     let choice: BackendChoice = backend.parse().unwrap();
-    select(choice).unwrap_or_else(|e| panic!("backend {backend}: {e}")).device
+    select(choice)
+        .unwrap_or_else(|e| panic!("backend {backend}: {e}"))
+        .device
 }
 
 /// Load an HF fixture folder onto `device`.
@@ -78,7 +95,10 @@ pub fn load_hf(dir: &Path, device: &Device) -> LoadedModel {
 /// Largest absolute difference; panics on length mismatch.
 pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len(), "length mismatch");
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 /// Block on a future (tests are the front end here).

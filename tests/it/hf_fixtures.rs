@@ -51,7 +51,11 @@ fn track(model: &mut Llama, names: &[&str]) -> Vec<(String, Leaf)> {
                     block.input_layernorm = block.input_layernorm.clone().require_grad();
                     Leaf::Vector(block.input_layernorm.clone())
                 } else {
-                    let (_, lin) = block.linears_mut().into_iter().find(|(n, _)| *n == module).unwrap();
+                    let (_, lin) = block
+                        .linears_mut()
+                        .into_iter()
+                        .find(|(n, _)| *n == module)
+                        .unwrap();
                     let w = lin.base.dense().clone().require_grad();
                     lin.base = BaseLinear::Dense(w.clone());
                     Leaf::Matrix(w)
@@ -68,11 +72,18 @@ fn check_fixture(name: &str, backend: &str) {
     let expected = read_tensors(&dir.join("expected.safetensors"));
     let (ids_shape, ids) = &expected.i64["input_ids"];
     let (_, labels) = &expected.i64["labels"];
-    let ids: Vec<Vec<u32>> = rows(ids_shape, ids).into_iter().map(|r| r.into_iter().map(|x| x as u32).collect()).collect();
+    let ids: Vec<Vec<u32>> = rows(ids_shape, ids)
+        .into_iter()
+        .map(|r| r.into_iter().map(|x| x as u32).collect())
+        .collect();
     let labels = rows(ids_shape, labels);
     let device = device(backend).autodiff();
     let mut lm = load_hf(&dir, &device);
-    let grad_names: Vec<&str> = expected.f32.keys().filter_map(|k| k.strip_prefix("grad/")).collect();
+    let grad_names: Vec<&str> = expected
+        .f32
+        .keys()
+        .filter_map(|k| k.strip_prefix("grad/"))
+        .collect();
     let tracked = track(&mut lm.model, &grad_names);
 
     let logits = lm.model.forward(&ids, None).unwrap();
@@ -85,13 +96,21 @@ fn check_fixture(name: &str, backend: &str) {
     assert!(d < TOL, "{name}/{backend}: logits differ by {d}");
     let got_loss = block(read_f32(loss.detach())).unwrap()[0];
     let want_loss = expected.f32["loss"].1[0];
-    assert!((got_loss - want_loss).abs() < TOL, "{name}/{backend}: loss {got_loss} vs {want_loss}");
+    assert!(
+        (got_loss - want_loss).abs() < TOL,
+        "{name}/{backend}: loss {got_loss} vs {want_loss}"
+    );
     assert!(!tracked.is_empty());
     for (name_w, t) in tracked {
-        let got = t.grad(&grads).unwrap_or_else(|| panic!("no gradient for {name_w}"));
+        let got = t
+            .grad(&grads)
+            .unwrap_or_else(|| panic!("no gradient for {name_w}"));
         let (_, want) = &expected.f32[&format!("grad/{name_w}")];
         let d = max_abs_diff(&got, want);
-        assert!(d < TOL, "{name}/{backend}: gradient of {name_w} differs by {d}");
+        assert!(
+            d < TOL,
+            "{name}/{backend}: gradient of {name_w} differs by {d}"
+        );
     }
 }
 
@@ -123,14 +142,24 @@ fn kv_cache_matches_full_forward() {
     let mut lm = load_hf(&fixture("tiny_gqa"), &device);
     lm.model.config.eos_token_ids.clear();
     let prompt = vec![5u32, 17, 99, 3];
-    let cfg = SamplingConfig { max_new_tokens: 8, ..Default::default() };
-    let cached = block(generate(&lm.model, &prompt, &cfg, |_| {})).unwrap().tokens;
+    let cfg = SamplingConfig {
+        max_new_tokens: 8,
+        ..Default::default()
+    };
+    let cached = block(generate(&lm.model, &prompt, &cfg, |_| {}))
+        .unwrap()
+        .tokens;
     let mut seq = prompt.clone();
     for _ in 0..8 {
         let logits = lm.model.forward(&[seq.clone()], None).unwrap();
         let [_, t, v] = logits.dims();
         let row = block(read_f32(logits.slice([0..1, t - 1..t, 0..v]))).unwrap();
-        let next = row.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).unwrap().0 as u32;
+        let next = row
+            .iter()
+            .enumerate()
+            .max_by(|a, b| a.1.total_cmp(b.1))
+            .unwrap()
+            .0 as u32;
         seq.push(next);
     }
     assert_eq!(cached, seq[prompt.len()..].to_vec());

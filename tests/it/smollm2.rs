@@ -5,7 +5,7 @@ use crate::common::*;
 use serde_json::Value;
 use std::sync::OnceLock;
 use wgtune::app::files::{DirSource, model_source};
-use wgtune::io::tokenizer::ChatMessage;
+use wgtune::io::chat::ChatMessage;
 use wgtune::model::generate::{SamplingConfig, generate};
 use wgtune::model::llama::causal_lm_loss;
 use wgtune::model::loader::{LoadedModel, ModelFiles, load_model, read_model};
@@ -45,26 +45,56 @@ fn logits_match_transformers_gguf_reference() {
     let all = block(read_f32(logits)).unwrap();
     let (head_shape, want_head) = &expected.f32["logits_head"];
     let cols = head_shape[1];
-    let got_head: Vec<f32> = (0..t).flat_map(|i| all[i * v..i * v + cols].to_vec()).collect();
+    let got_head: Vec<f32> = (0..t)
+        .flat_map(|i| all[i * v..i * v + cols].to_vec())
+        .collect();
     let d_head = max_abs_diff(&got_head, want_head);
     let d_last = max_abs_diff(&all[(t - 1) * v..], &expected.f32["logits_last"].1);
-    assert!(d_head < 1e-3 && d_last < 1e-3, "logits differ: head {d_head}, last row {d_last}");
+    assert!(
+        d_head < 1e-3 && d_last < 1e-3,
+        "logits differ: head {d_head}, last row {d_last}"
+    );
     let got_loss = block(read_f32(loss)).unwrap()[0];
     let want_loss = expected.f32["loss"].1[0];
-    assert!((got_loss - want_loss).abs() < 1e-3, "loss {got_loss} vs {want_loss}");
+    assert!(
+        (got_loss - want_loss).abs() < 1e-3,
+        "loss {got_loss} vs {want_loss}"
+    );
 }
 
 #[test]
 fn greedy_continuation_matches_reference() {
     let g = json("smollm2/greedy.json");
-    let ids: Vec<u32> = g["ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
-    let want: Vec<u32> = g["greedy_ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
+    let ids: Vec<u32> = g["ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect();
+    let want: Vec<u32> = g["greedy_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect();
     let lm = model();
     let tok = lm.tokenizer.as_ref().unwrap();
-    assert_eq!(tok.encode(g["prompt"].as_str().unwrap(), false).unwrap().get_ids(), ids.as_slice());
-    let cfg = SamplingConfig { max_new_tokens: want.len(), ..Default::default() };
+    assert_eq!(
+        tok.encode(g["prompt"].as_str().unwrap(), false)
+            .unwrap()
+            .get_ids(),
+        ids.as_slice()
+    );
+    let cfg = SamplingConfig {
+        max_new_tokens: want.len(),
+        ..Default::default()
+    };
     let out = block(generate(&lm.model, &ids, &cfg, |_| {})).unwrap();
-    assert_eq!(out.tokens, want[..out.tokens.len()].to_vec(), "greedy ids differ");
+    assert_eq!(
+        out.tokens,
+        want[..out.tokens.len()].to_vec(),
+        "greedy ids differ"
+    );
     assert!(out.tokens.len() == want.len() || out.stopped_on_eos);
 }
 
@@ -72,18 +102,32 @@ fn greedy_continuation_matches_reference() {
 fn tokenizer_ids_identical_to_reference() {
     let cases = json("smollm2/tokenizer_cases.json");
     let tok = files().tokenizer.unwrap();
-    let list = cases["cases"].as_array().or_else(|| cases.as_array()).expect("cases list");
+    let list = cases["cases"]
+        .as_array()
+        .or_else(|| cases.as_array())
+        .expect("cases list");
     assert!(list.len() >= 300, "only {} cases", list.len());
     let mut bad = Vec::new();
     for c in list {
         let text = c["text"].as_str().unwrap();
-        let want: Vec<u32> = c["ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
+        let want: Vec<u32> = c["ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap() as u32)
+            .collect();
         let got = tok.encode(text, false).unwrap().get_ids().to_vec();
         if got != want {
             bad.push(format!("{text:?}: got {got:?}, want {want:?}"));
         }
     }
-    assert!(bad.is_empty(), "{} of {} differ, e.g. {}", bad.len(), list.len(), bad[0]);
+    assert!(
+        bad.is_empty(),
+        "{} of {} differ, e.g. {}",
+        bad.len(),
+        list.len(),
+        bad[0]
+    );
 }
 
 #[test]
@@ -92,7 +136,9 @@ fn chat_template_renders_like_transformers() {
     let tmpl = files().chat_template.expect("GGUF chat template");
     for case in fx["cases"].as_array().unwrap() {
         let msgs: Vec<ChatMessage> = serde_json::from_value(case["messages"].clone()).unwrap();
-        let got = tmpl.render(&msgs, case["add_generation_prompt"].as_bool().unwrap()).unwrap();
+        let got = tmpl
+            .render(&msgs, case["add_generation_prompt"].as_bool().unwrap())
+            .unwrap();
         assert_eq!(got, case["rendered"].as_str().unwrap());
     }
 }
@@ -117,6 +163,11 @@ fn dequantized_and_unpermuted_weights_match() {
         let all = t.to_f32().unwrap();
         let got = &all[..want.len()];
         let d = max_abs_diff(got, want);
-        assert!(d == 0.0, "{name} ({}x{}) differs by {d}", shape[0], shape[1]);
+        assert!(
+            d == 0.0,
+            "{name} ({}x{}) differs by {d}",
+            shape[0],
+            shape[1]
+        );
     }
 }
