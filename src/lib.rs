@@ -5,6 +5,7 @@
 //! system and never blocks on GPU readbacks, so the same code runs natively and in a browser tab;
 //! file access and the event loop belong to the front ends in [`app`].
 
+pub mod adapters;
 pub mod backend;
 pub mod io;
 pub mod model;

@@ -84,7 +84,7 @@ pub struct EvalArgs {
     /// Evaluate only the first N records.
     #[arg(long)]
     pub limit: Option<usize>,
-    /// peft adapter folder to apply (adapter loading lands with the adapters issue).
+    /// peft adapter folder (LoRA or OFT) to apply.
     #[arg(long)]
     pub adapter: Option<PathBuf>,
     /// Write `logits` [B,T,V] and `loss` [1] of the whole file as one batch to this safetensors file.
@@ -234,14 +234,21 @@ fn cmd_eval(a: EvalArgs) -> Result<()> {
             "--grads needs --adapter (the tensors to differentiate) and --dump (where to write them)"
         );
     }
-    if let Some(dir) = &a.adapter {
-        bail!(
-            "{}: loading peft adapters is not implemented yet (it lands with the adapters issue)",
-            dir.display()
-        );
-    }
     let backend = pick_backend(a.model.backend)?;
-    let lm = load(&a.model.model, &backend.device)?;
+    let device = if a.grads {
+        backend.device.clone().autodiff()
+    } else {
+        backend.device.clone()
+    };
+    let mut lm = load(&a.model.model, &device)?;
+    if let Some(dir) = &a.adapter {
+        crate::io::peft::load_adapter(&DirSource::new(dir), &mut lm.model)?;
+        let n = crate::adapters::named_parameters(&lm.model).len();
+        eprintln!("adapter: {} ({n} tensors)", dir.display());
+        if a.grads {
+            crate::adapters::track_gradients(&mut lm.model);
+        }
+    }
     let examples = read_examples(&a.data, &lm, a.limit)?;
     if let Some(dump) = &a.dump {
         let t = examples[0].input_ids.len();
@@ -262,9 +269,21 @@ fn cmd_eval(a: EvalArgs) -> Result<()> {
         let logits = lm.model.forward(&ids, None)?;
         let dims = logits.dims();
         let (loss, count) = causal_lm_loss(logits.clone(), &labels)?;
-        let loss_v = pollster::block_on(read_f32(loss))?;
-        let logits_v = pollster::block_on(read_f32(logits))?;
         let mut out = BTreeMap::new();
+        if a.grads {
+            let grads = loss.backward();
+            for (key, t) in crate::adapters::named_parameters(&lm.model) {
+                let g = t
+                    .grad(&grads)
+                    .with_context(|| format!("no gradient reached {key}"))?;
+                out.insert(
+                    format!("grad/{key}"),
+                    (g.dims().to_vec(), pollster::block_on(read_f32(g))?),
+                );
+            }
+        }
+        let loss_v = pollster::block_on(read_f32(loss.detach()))?;
+        let logits_v = pollster::block_on(read_f32(logits.detach()))?;
         out.insert("logits".to_string(), (dims.to_vec(), logits_v));
         out.insert("loss".to_string(), (vec![1], loss_v.clone()));
         let bytes = crate::io::safetensors::serialize_f32(&out, None)?;

@@ -4,6 +4,7 @@
 pub mod chat;
 pub mod gguf;
 pub mod hf;
+pub mod peft;
 pub mod safetensors;
 pub mod tokenizer;
 

@@ -40,12 +40,21 @@ impl BaseLinear {
     }
 }
 
-/// An adapter on one linear layer (LoRA, OFT, ...): the hook the adapter issue implements.
+/// An adapter on one linear layer (LoRA, OFT, ...). Methods live in `crate::adapters`; the model
+/// only calls this trait.
 pub trait Adapter: std::fmt::Debug + Send + Sync {
     /// The adapted output for input `x` given the frozen base layer.
     fn forward(&self, x: Tensor<3>, base: &BaseLinear) -> Tensor<3>;
     /// The trainable tensors with their peft key suffix (e.g. `lora_A.weight`).
-    fn parameters(&self) -> Vec<(String, Tensor<2>)>;
+    fn parameters(&self) -> Vec<(&'static str, Tensor<2>)>;
+    /// Mutable access to the trainable tensors (the optimizer replaces them after each step).
+    fn parameters_mut(&mut self) -> Vec<(&'static str, &mut Tensor<2>)>;
+    /// Switch training behaviour (dropout) on or off.
+    fn set_training(&mut self, _on: bool) {}
+    /// Work done on the parameters before every forward (OFT's COFT projection).
+    fn prepare(&mut self) {}
+    /// The merged dense weight `W'` that gives the same outputs without the adapter.
+    fn merge(&self, base: &Tensor<2>) -> Tensor<2>;
 }
 
 /// A base linear with an optional adapter.
