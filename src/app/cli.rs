@@ -35,6 +35,10 @@ pub enum Command {
     Inspect(InspectArgs),
     /// Forward and generation throughput of a model on the chosen backend.
     Bench(BenchArgs),
+    /// Train a LoRA or OFTv2 adapter (headless with --no-gui); writes a peft adapter to --out.
+    Train(Box<super::train::TrainArgs>),
+    /// Merge a peft adapter into the base and write an HF model folder.
+    Merge(MergeArgs),
 }
 
 /// Options shared by every command that runs a model.
@@ -103,6 +107,20 @@ pub struct InspectArgs {
     pub model: PathBuf,
 }
 
+/// `wgtune merge`.
+#[derive(Args, Debug)]
+pub struct MergeArgs {
+    /// Base model: HF folder or .gguf file.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// peft adapter folder.
+    #[arg(long)]
+    pub adapter: PathBuf,
+    /// Output HF folder (config.json, model.safetensors, tokenizer.json).
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
 /// `wgtune bench`.
 #[derive(Args, Debug)]
 pub struct BenchArgs {
@@ -129,6 +147,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Eval(a) => cmd_eval(a),
         Command::Inspect(a) => cmd_inspect(a),
         Command::Bench(a) => crate::bench::cmd_bench(a),
+        Command::Train(a) => super::train::cmd_train(*a),
+        Command::Merge(a) => super::merge::cmd_merge(a),
     }
 }
 

@@ -3,3 +3,5 @@
 
 pub mod cli;
 pub mod files;
+pub mod merge;
+pub mod train;

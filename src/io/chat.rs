@@ -67,6 +67,11 @@ impl ChatTemplate {
     }
 
     /// The Jinja source of the template.
+    /// The special-token strings the template sees (`bos_token`, `eos_token`, ...).
+    pub fn special_tokens(&self) -> &[(&'static str, String)] {
+        &self.special_tokens
+    }
+
     pub fn source(&self) -> &str {
         &self.source
     }

@@ -1,3 +1,6 @@
 //! Training data and (with the adapters issue) the training loop.
 
 pub mod data;
+pub mod optim;
+pub mod run;
+pub mod trainer;

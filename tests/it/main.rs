@@ -4,4 +4,5 @@
 mod cli_errors;
 mod common;
 mod hf_fixtures;
+mod peft_fixtures;
 mod smollm2;

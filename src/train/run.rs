@@ -1,0 +1,250 @@
+//! A training run's settings: one struct for the CLI flags (`wgtune train --lr ...`), the TOML run
+//! file (`--config run.toml`, keys = flag names with `_`) and the GUI. Every field is optional;
+//! flags override the file, and the accessors hold the defaults (peft's / the papers').
+
+use crate::adapters::lora::LoraConfig;
+use crate::adapters::oft::OftConfig;
+use crate::adapters::{AdapterConfig, Method, TARGET_MODULES};
+use crate::train::optim::{AdamWConfig, Schedule};
+use crate::train::trainer::TrainConfig;
+use serde::{Deserialize, Serialize};
+
+/// Every setting of `wgtune train`, as flags and as TOML keys.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, clap::Args)]
+#[serde(deny_unknown_fields)]
+pub struct RunConfig {
+    /// HF model folder or .gguf file.
+    #[arg(long)]
+    pub model: Option<String>,
+    /// Training data (jsonl or JSON array: input_ids, text, prompt/completion, alpaca, messages).
+    #[arg(long)]
+    pub data: Option<String>,
+    /// Output folder (adapter, checkpoint, metrics.jsonl).
+    #[arg(long)]
+    pub out: Option<String>,
+    /// Adapter method: lora or oft.
+    #[arg(long)]
+    pub method: Option<String>,
+    /// LoRA rank.
+    #[arg(long)]
+    pub r: Option<usize>,
+    /// LoRA alpha (scale = alpha / r).
+    #[arg(long)]
+    pub lora_alpha: Option<f64>,
+    /// LoRA dropout on the adapter input.
+    #[arg(long)]
+    pub lora_dropout: Option<f64>,
+    /// rsLoRA scaling (alpha / sqrt(r)).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub use_rslora: Option<bool>,
+    /// Comma-separated projections: q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj.
+    #[arg(long)]
+    pub target_modules: Option<String>,
+    /// OFT block size b (in_features must be divisible by it).
+    #[arg(long)]
+    pub oft_block_size: Option<usize>,
+    /// Terms of the Cayley-Neumann series (peft semantics).
+    #[arg(long)]
+    pub cayley_neumann_terms: Option<usize>,
+    /// Exact Cayley transform instead of the Neumann series.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub exact_cayley: Option<bool>,
+    /// Constrained OFT (project the skew parameters into an eps-ball).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub coft: Option<bool>,
+    /// COFT radius.
+    #[arg(long)]
+    pub eps: Option<f64>,
+    /// Share one rotation across all blocks of a layer.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub block_share: Option<bool>,
+    /// Start from this peft adapter folder instead of a fresh init.
+    #[arg(long)]
+    pub init_adapter: Option<String>,
+    /// Optimizer steps (overrides --epochs).
+    #[arg(long)]
+    pub steps: Option<usize>,
+    /// Passes over the data when --steps is not given.
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    /// Peak learning rate.
+    #[arg(long)]
+    pub lr: Option<f64>,
+    /// constant, linear or cosine.
+    #[arg(long)]
+    pub lr_scheduler: Option<String>,
+    /// Linear warm-up steps.
+    #[arg(long)]
+    pub warmup_steps: Option<usize>,
+    /// Clip the global gradient norm (0 disables).
+    #[arg(long)]
+    pub max_grad_norm: Option<f64>,
+    /// AdamW decoupled weight decay.
+    #[arg(long)]
+    pub weight_decay: Option<f64>,
+    /// Examples per micro-batch.
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// Micro-batches per optimizer step.
+    #[arg(long)]
+    pub grad_accum: Option<usize>,
+    /// Truncate examples to this many tokens.
+    #[arg(long)]
+    pub max_seq_len: Option<usize>,
+    /// Pack several examples into each row.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub packing: Option<bool>,
+    /// Keep the data order (no seeded shuffling).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub no_shuffle: Option<bool>,
+    /// Fraction of the data held out for eval loss.
+    #[arg(long)]
+    pub eval_split: Option<f64>,
+    /// Evaluate every N steps (0: only at the end).
+    #[arg(long)]
+    pub eval_every: Option<usize>,
+    /// Seed of init, shuffling, dropout.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Write a checkpoint every N steps (0: only at the end).
+    #[arg(long)]
+    pub save_every: Option<usize>,
+    /// Continue from OUT/checkpoint if present.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub resume: Option<bool>,
+    /// What to do with a malformed data line: stop or skip.
+    #[arg(long)]
+    pub on_bad_line: Option<String>,
+    /// auto, wgpu or cpu.
+    #[arg(long)]
+    pub backend: Option<String>,
+}
+
+impl RunConfig {
+    /// `self` with every field that `over` sets replaced (flags over the run file).
+    pub fn overlay(&self, over: &RunConfig) -> RunConfig {
+        let base = toml::Table::try_from(self).unwrap_or_default();
+        let top = toml::Table::try_from(over).unwrap_or_default();
+        let mut merged = base;
+        merged.extend(top);
+        merged.try_into().unwrap_or_else(|_| over.clone())
+    }
+
+    /// Parse a TOML run file; unknown keys are errors naming them.
+    pub fn from_toml(text: &str) -> Result<RunConfig, String> {
+        toml::from_str(text).map_err(|e| e.to_string().trim().replace('\n', " "))
+    }
+
+    /// The TOML text of this run (what "Save run…" writes).
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).unwrap_or_default()
+    }
+
+    /// A required path setting.
+    pub fn require(&self, v: &Option<String>, key: &str) -> Result<String, String> {
+        v.clone().ok_or_else(|| {
+            format!(
+                "`{key}` is required (flag --{} or run-file key {key})",
+                key.replace('_', "-")
+            )
+        })
+    }
+
+    /// Adapter settings, with peft's defaults (LoRA r 8, alpha 16, all seven projections; OFT b 32,
+    /// 5 Neumann terms).
+    pub fn adapter(&self) -> Result<AdapterConfig, String> {
+        let targets: Vec<String> = match &self.target_modules {
+            Some(t) => t
+                .split(',')
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect(),
+            None => TARGET_MODULES.iter().map(|s| s.to_string()).collect(),
+        };
+        let method = match self.method.as_deref().unwrap_or("lora") {
+            "lora" => Method::Lora(LoraConfig {
+                r: self.r.unwrap_or(8),
+                lora_alpha: self.lora_alpha.unwrap_or(16.0),
+                lora_dropout: self.lora_dropout.unwrap_or(0.0),
+                use_rslora: self.use_rslora.unwrap_or(false),
+            }),
+            "oft" => Method::Oft(OftConfig {
+                oft_block_size: self.oft_block_size.unwrap_or(32),
+                r: 0,
+                use_cayley_neumann: !self.exact_cayley.unwrap_or(false),
+                num_cayley_neumann_terms: self.cayley_neumann_terms.unwrap_or(5),
+                coft: self.coft.unwrap_or(false),
+                eps: self.eps.unwrap_or(6e-5),
+                block_share: self.block_share.unwrap_or(false),
+                module_dropout: 0.0,
+            }),
+            other => return Err(format!("unknown method `{other}` (lora, oft)")),
+        };
+        let cfg = AdapterConfig {
+            method,
+            target_modules: targets,
+        };
+        cfg.validate().map_err(|e| e.to_string())?;
+        Ok(cfg)
+    }
+
+    /// Optimisation settings for `total_steps` steps.
+    pub fn train(&self, total_steps: usize) -> Result<TrainConfig, String> {
+        let schedule: Schedule = self.lr_scheduler.as_deref().unwrap_or("constant").parse()?;
+        let lr = self.lr.unwrap_or(2e-4);
+        if !(lr.is_finite() && lr > 0.0) {
+            return Err(format!("lr {lr} must be positive"));
+        }
+        Ok(TrainConfig {
+            lr,
+            schedule,
+            warmup_steps: self.warmup_steps.unwrap_or(0),
+            total_steps,
+            max_grad_norm: self.max_grad_norm.unwrap_or(1.0),
+            adamw: AdamWConfig {
+                weight_decay: self.weight_decay.unwrap_or(0.0),
+                ..Default::default()
+            },
+            seed: self.seed.unwrap_or(42),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_file_and_unknown_keys_fail() {
+        let file = RunConfig::from_toml("model = \"m\"\nlr = 0.001\nr = 4\n").unwrap();
+        let flags = RunConfig {
+            lr: Some(0.5),
+            ..Default::default()
+        };
+        let run = file.overlay(&flags);
+        assert_eq!(
+            (run.model.as_deref(), run.lr, run.r),
+            (Some("m"), Some(0.5), Some(4))
+        );
+        assert!(
+            RunConfig::from_toml("learning_rate = 1")
+                .unwrap_err()
+                .contains("learning_rate")
+        );
+        assert_eq!(RunConfig::from_toml(&run.to_toml()).unwrap(), run);
+    }
+
+    #[test]
+    fn bad_settings_are_explained() {
+        let c = RunConfig {
+            target_modules: Some("q_proj,qkv".into()),
+            ..Default::default()
+        };
+        assert!(c.adapter().unwrap_err().contains("qkv"));
+        let c = RunConfig {
+            method: Some("dora".into()),
+            ..Default::default()
+        };
+        assert!(c.adapter().unwrap_err().contains("dora"));
+    }
+}

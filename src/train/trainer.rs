@@ -1,0 +1,294 @@
+//! The training step shared by every front end: forward and backward over the micro-batches of one
+//! optimizer step (gradient accumulation, token-weighted), NaN guard, global-norm clipping,
+//! scheduled AdamW on the adapter tensors, and checkpoints that resume bit-exactly. Async and free
+//! of file access so the same code runs in a browser; the front end decides what to write where.
+
+use super::data::Batch;
+use super::optim::{AdamW, AdamWConfig, Moments, Schedule, global_norm, learning_rate};
+use crate::adapters::{self, AdapterConfig};
+use crate::model::llama::{Llama, causal_lm_loss};
+use crate::model::{ModelError, read_f32};
+use burn::tensor::{Tensor, TensorData};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+
+/// Optimisation settings of a run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    /// Peak learning rate.
+    pub lr: f64,
+    /// Schedule after warm-up.
+    pub schedule: Schedule,
+    /// Linear warm-up steps.
+    pub warmup_steps: usize,
+    /// Total optimizer steps (the schedule's horizon).
+    pub total_steps: usize,
+    /// Clip the global gradient norm to this (0 disables).
+    pub max_grad_norm: f64,
+    /// AdamW settings.
+    pub adamw: AdamWConfig,
+    /// Seed of dropout (per step) and of data order.
+    pub seed: u64,
+}
+
+/// What one optimizer step measured.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepMetrics {
+    /// 1-based optimizer step.
+    pub step: u64,
+    /// Token-weighted mean loss over the step's micro-batches.
+    pub loss: f64,
+    /// Learning rate used.
+    pub lr: f64,
+    /// Global gradient norm before clipping.
+    pub grad_norm: f64,
+    /// Input tokens processed (unpadded).
+    pub tokens: usize,
+}
+
+/// Training failures.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    /// The model refused the batch.
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    /// Loss or gradient norm is NaN/inf: the step is not applied.
+    #[error("non-finite {what} ({value}) at step {step}: the update was not applied")]
+    NonFinite {
+        /// `loss` or `gradient norm`.
+        what: &'static str,
+        /// The value seen.
+        value: f64,
+        /// Step that failed.
+        step: u64,
+    },
+    /// A checkpoint does not fit this run.
+    #[error("checkpoint: {0}")]
+    Checkpoint(String),
+    /// Nothing to learn from.
+    #[error("a step needs at least one scored token")]
+    EmptyStep,
+}
+
+/// A model with adapters plus the optimizer state: everything a step and a checkpoint need.
+pub struct Trainer {
+    /// The network (on an autodiff device) with adapters attached.
+    pub model: Llama,
+    /// The adapters' configuration (for saving in peft format).
+    pub adapter: AdapterConfig,
+    /// Run settings.
+    pub config: TrainConfig,
+    /// AdamW state.
+    pub optimizer: AdamW,
+    /// Optional per-tensor update masks (1 = trainable element), in parameter order.
+    pub masks: Option<Vec<Tensor<2>>>,
+}
+
+fn scalar_mismatch(what: &str) -> TrainError {
+    TrainError::Checkpoint(format!("{what} does not match this run"))
+}
+
+impl Trainer {
+    /// A trainer over `model`, whose adapters must already be attached.
+    pub fn new(model: Llama, adapter: AdapterConfig, config: TrainConfig) -> Self {
+        let optimizer = AdamW::new(config.adamw);
+        Self {
+            model,
+            adapter,
+            config,
+            optimizer,
+            masks: None,
+        }
+    }
+
+    /// Completed optimizer steps.
+    pub fn step_count(&self) -> u64 {
+        self.optimizer.step
+    }
+
+    /// One optimizer step over `micro` (gradient accumulation over its batches).
+    pub async fn step(&mut self, micro: &[Batch]) -> Result<StepMetrics, TrainError> {
+        let step = self.optimizer.step + 1;
+        let scored: usize = micro.iter().map(|b| b.scored).sum();
+        if scored == 0 {
+            return Err(TrainError::EmptyStep);
+        }
+        adapters::for_each_adapter(&mut self.model, |a| {
+            a.prepare();
+            a.set_training(true);
+        });
+        self.model
+            .device()
+            .seed(self.config.seed.wrapping_mul(1_000_003).wrapping_add(step));
+        adapters::track_gradients(&mut self.model);
+        let params: Vec<Tensor<2>> = adapters::named_parameters(&self.model)
+            .into_iter()
+            .map(|(_, t)| t)
+            .collect();
+        let mut grads: Vec<Option<Tensor<2>>> = vec![None; params.len()];
+        let mut loss_sum = 0.0f64;
+        for batch in micro {
+            let logits = self.model.forward(&batch.input_ids, None)?;
+            let (loss, count) = causal_lm_loss(logits, &batch.labels)?;
+            let weighted = loss.mul_scalar(count as f64 / scored as f64);
+            let g = weighted.backward();
+            loss_sum += read_f32(weighted.detach()).await?[0] as f64;
+            for (acc, p) in grads.iter_mut().zip(&params) {
+                let gi = p.grad(&g).unwrap_or_else(|| p.clone().inner().zeros_like());
+                *acc = Some(match acc.take() {
+                    Some(a) => a + gi,
+                    None => gi,
+                });
+            }
+        }
+        let mut grads: Vec<Tensor<2>> = grads.into_iter().flatten().collect();
+        if let Some(m) = &self.masks {
+            grads = grads
+                .into_iter()
+                .zip(m)
+                .map(|(g, m)| g * m.clone())
+                .collect();
+        }
+        if !loss_sum.is_finite() {
+            return Err(TrainError::NonFinite {
+                what: "loss",
+                value: loss_sum,
+                step,
+            });
+        }
+        let grad_norm = read_f32(global_norm(&grads)).await?[0] as f64;
+        if !grad_norm.is_finite() {
+            return Err(TrainError::NonFinite {
+                what: "gradient norm",
+                value: grad_norm,
+                step,
+            });
+        }
+        let max = self.config.max_grad_norm;
+        if max > 0.0 && grad_norm > max {
+            let coef = max / (grad_norm + 1e-6);
+            grads = grads.into_iter().map(|g| g.mul_scalar(coef)).collect();
+        }
+        let c = &self.config;
+        let lr = learning_rate(
+            c.lr,
+            c.schedule,
+            (step - 1) as usize,
+            c.warmup_steps,
+            c.total_steps,
+        );
+        let mut inner: Vec<Tensor<2>> = params.into_iter().map(|p| p.inner()).collect();
+        self.optimizer
+            .update(&mut inner, &grads, self.masks.as_deref(), lr);
+        for ((_, slot), new) in adapters::parameters_mut(&mut self.model)
+            .into_iter()
+            .zip(inner)
+        {
+            *slot = Tensor::from_inner(new);
+        }
+        let tokens = micro.iter().map(|b| b.tokens).sum();
+        Ok(StepMetrics {
+            step,
+            loss: loss_sum,
+            lr,
+            grad_norm,
+            tokens,
+        })
+    }
+
+    /// Token-weighted mean loss over `batches`, without gradients or dropout.
+    pub async fn eval_loss(&mut self, batches: &[Batch]) -> Result<f64, TrainError> {
+        adapters::for_each_adapter(&mut self.model, |a| a.set_training(false));
+        for (_, t) in adapters::parameters_mut(&mut self.model) {
+            *t = Tensor::from_inner(t.clone().inner());
+        }
+        let (mut total, mut count) = (0.0f64, 0usize);
+        for b in batches {
+            let logits = self.model.forward(&b.input_ids, None)?;
+            match causal_lm_loss(logits, &b.labels) {
+                Ok((loss, n)) => {
+                    total += read_f32(loss.detach()).await?[0] as f64 * n as f64;
+                    count += n;
+                }
+                Err(ModelError::NoLabels) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if count == 0 {
+            return Err(TrainError::EmptyStep);
+        }
+        Ok(total / count as f64)
+    }
+
+    /// Checkpoint bytes (safetensors): adapter tensors, AdamW moments and the step in metadata.
+    pub async fn checkpoint(&self) -> Result<Vec<u8>, TrainError> {
+        let mut out = BTreeMap::new();
+        let named = adapters::named_parameters(&self.model);
+        for (i, (key, p)) in named.into_iter().enumerate() {
+            let shape = p.dims().to_vec();
+            out.insert(format!("param/{key}"), (shape.clone(), read_f32(p).await?));
+            if let Some(mom) = self.optimizer.moments.get(i) {
+                out.insert(
+                    format!("adam_m/{key}"),
+                    (shape.clone(), read_f32(mom.m.clone()).await?),
+                );
+                out.insert(
+                    format!("adam_v/{key}"),
+                    (shape, read_f32(mom.v.clone()).await?),
+                );
+            }
+        }
+        let meta = HashMap::from([
+            ("format".to_string(), "wgtune-checkpoint-1".to_string()),
+            ("step".to_string(), self.optimizer.step.to_string()),
+        ]);
+        crate::io::safetensors::serialize_f32(&out, Some(meta))
+            .map_err(|e| TrainError::Checkpoint(e.to_string()))
+    }
+
+    /// Restore adapter tensors, moments and step from [`Trainer::checkpoint`] bytes.
+    pub fn restore(&mut self, bytes: &[u8]) -> Result<(), TrainError> {
+        let bad = |e: String| TrainError::Checkpoint(e);
+        let (_, meta) =
+            safetensors::SafeTensors::read_metadata(bytes).map_err(|e| bad(e.to_string()))?;
+        let info = meta.metadata().clone().unwrap_or_default();
+        if info.get("format").map(String::as_str) != Some("wgtune-checkpoint-1") {
+            return Err(bad("not a wgtune checkpoint".into()));
+        }
+        let step: u64 = info
+            .get("step")
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| bad("no step".into()))?;
+        let st = safetensors::SafeTensors::deserialize(bytes).map_err(|e| bad(e.to_string()))?;
+        let device = self.model.device();
+        let load = |name: &str, want: [usize; 2]| -> Result<Tensor<2>, TrainError> {
+            let view = st.tensor(name).map_err(|_| scalar_mismatch(name))?;
+            if view.shape() != want {
+                return Err(scalar_mismatch(name));
+            }
+            let v: Vec<f32> = bytemuck::pod_collect_to_vec(view.data());
+            Ok(Tensor::from_data(TensorData::new(v, want), &device).inner())
+        };
+        let mut moments = Vec::new();
+        let mut params = Vec::new();
+        for (key, p) in adapters::named_parameters(&self.model) {
+            let shape: [usize; 2] = p.dims();
+            params.push(load(&format!("param/{key}"), shape)?);
+            if step > 0 {
+                moments.push(Moments {
+                    m: load(&format!("adam_m/{key}"), shape)?,
+                    v: load(&format!("adam_v/{key}"), shape)?,
+                });
+            }
+        }
+        for ((_, slot), new) in adapters::parameters_mut(&mut self.model)
+            .into_iter()
+            .zip(params)
+        {
+            *slot = Tensor::from_inner(new);
+        }
+        self.optimizer.moments = moments;
+        self.optimizer.step = step;
+        Ok(())
+    }
+}

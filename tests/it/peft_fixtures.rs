@@ -1,0 +1,165 @@
+//! LoRA and OFTv2 against the real peft 0.21.2 (tests/fixtures/gen_peft.py): peft-saved adapters load
+//! here and give peft's logits, loss and every adapter gradient (1e-4); five AdamW steps from the
+//! same init give torch's per-step losses and final adapter tensors (1e-4); merging equals
+//! the adapter-on model; and what we save loads back identically.
+
+use crate::common::*;
+use wgtune::adapters::{self, named_parameters};
+use wgtune::app::files::DirSource;
+use wgtune::io::peft::{load_adapter, save_adapter};
+use wgtune::model::llama::causal_lm_loss;
+use wgtune::model::read_f32;
+use wgtune::train::data::Batch;
+use wgtune::train::optim::{AdamWConfig, Schedule};
+use wgtune::train::trainer::{TrainConfig, Trainer};
+
+const TOL: f32 = 1e-4;
+
+fn batch() -> Batch {
+    let exp = read_tensors(&fixture("tiny_gqa/expected.safetensors"));
+    let (shape, ids) = &exp.i64["input_ids"];
+    let labels = rows(shape, &exp.i64["labels"].1);
+    let input_ids: Vec<Vec<u32>> = rows(shape, ids)
+        .into_iter()
+        .map(|r| r.into_iter().map(|x| x as u32).collect())
+        .collect();
+    let scored = labels
+        .iter()
+        .map(|r| r[1..].iter().filter(|&&x| x != -100).count())
+        .sum();
+    let tokens = input_ids.iter().map(Vec::len).sum();
+    Batch {
+        input_ids,
+        labels,
+        scored,
+        tokens,
+    }
+}
+
+fn check_case(case: &str, backend: &str) {
+    let dir = fixture(&format!("peft/{case}"));
+    let want = read_tensors(&dir.join("expected.safetensors"));
+    let device = device(backend).autodiff();
+    let mut lm = load_hf(&fixture("tiny_gqa"), &device);
+    let cfg = load_adapter(&DirSource::new(dir.join("adapter")), &mut lm.model).unwrap();
+    adapters::track_gradients(&mut lm.model);
+    let b = batch();
+    let logits = lm.model.forward(&b.input_ids, None).unwrap();
+    let (loss, _) = causal_lm_loss(logits.clone(), &b.labels).unwrap();
+    let grads = loss.backward();
+    let d = max_abs_diff(
+        &block(read_f32(logits.detach())).unwrap(),
+        &want.f32["logits"].1,
+    );
+    assert!(d < TOL, "{case}/{backend}: logits differ by {d}");
+    let l = block(read_f32(loss.detach())).unwrap()[0];
+    assert!(
+        (l - want.f32["loss"].1[0]).abs() < TOL,
+        "{case}/{backend}: loss {l}"
+    );
+    let named = named_parameters(&lm.model);
+    assert_eq!(
+        named.len(),
+        want.f32.keys().filter(|k| k.starts_with("grad/")).count()
+    );
+    for (key, t) in &named {
+        let g = block(read_f32(t.grad(&grads).unwrap())).unwrap();
+        let d = max_abs_diff(&g, &want.f32[&format!("grad/{key}")].1);
+        assert!(d < TOL, "{case}/{backend}: grad {key} differs by {d}");
+    }
+
+    // Merged weights give the adapter-on logits.
+    let mut merged = load_hf(&fixture("tiny_gqa"), &device);
+    for (mb, ab) in merged.model.layers.iter_mut().zip(&lm.model.layers) {
+        for ((_, m), (_, a)) in mb.linears_mut().into_iter().zip(ab.linears()) {
+            if let Some(ad) = &a.adapter {
+                m.base = wgtune::model::linear::BaseLinear::Dense(ad.merge(a.base.dense()).inner());
+            }
+        }
+    }
+    let ml = block(read_f32(merged.model.forward(&b.input_ids, None).unwrap())).unwrap();
+    let d = max_abs_diff(&ml, &want.f32["merged_logits"].1);
+    assert!(d < TOL, "{case}/{backend}: merged logits differ by {d}");
+
+    // Five AdamW steps on the fixed batch.
+    let config = TrainConfig {
+        lr: 1e-2,
+        schedule: Schedule::Constant,
+        warmup_steps: 0,
+        total_steps: 5,
+        max_grad_norm: 0.0,
+        adamw: AdamWConfig {
+            weight_decay: 0.01,
+            ..Default::default()
+        },
+        seed: 0,
+    };
+    let mut trainer = Trainer::new(lm.model, cfg.clone(), config);
+    let want_losses = &want.f32["train_losses"].1;
+    for (i, wl) in want_losses.iter().enumerate() {
+        let m = block(trainer.step(std::slice::from_ref(&b))).unwrap();
+        assert!(
+            (m.loss as f32 - wl).abs() < TOL,
+            "{case}/{backend}: step {i} loss {} vs {wl}",
+            m.loss
+        );
+    }
+    for (key, t) in named_parameters(&trainer.model) {
+        let got = block(read_f32(t)).unwrap();
+        let d = max_abs_diff(&got, &want.f32[&format!("final/{key}")].1);
+        assert!(d < TOL, "{case}/{backend}: trained {key} differs by {d}");
+    }
+
+    // What we save is what we load.
+    let (json, bytes) = block(save_adapter(&trainer.model, &cfg, "tiny_gqa")).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(tmp.path().join("adapter_config.json"), json).unwrap();
+    std::fs::write(tmp.path().join("adapter_model.safetensors"), bytes).unwrap();
+    let mut again = load_hf(&fixture("tiny_gqa"), &device);
+    assert_eq!(
+        load_adapter(&DirSource::new(tmp.path()), &mut again.model).unwrap(),
+        cfg
+    );
+    for ((k1, t1), (k2, t2)) in named_parameters(&trainer.model)
+        .into_iter()
+        .zip(named_parameters(&again.model))
+    {
+        assert_eq!(k1, k2);
+        assert_eq!(block(read_f32(t1)).unwrap(), block(read_f32(t2)).unwrap());
+    }
+}
+
+#[test]
+fn lora_cpu() {
+    check_case("lora", "cpu");
+}
+
+#[test]
+fn lora_rslora_qv_cpu() {
+    check_case("lora_rslora_qv", "cpu");
+}
+
+#[test]
+fn oft_neumann_cpu() {
+    check_case("oft_neumann", "cpu");
+}
+
+#[test]
+fn oft_exact_cpu() {
+    check_case("oft_exact", "cpu");
+}
+
+#[test]
+fn oft_neumann3_cpu() {
+    check_case("oft_neumann3", "cpu");
+}
+
+#[test]
+fn lora_wgpu() {
+    check_case("lora", "wgpu");
+}
+
+#[test]
+fn oft_neumann_wgpu() {
+    check_case("oft_neumann", "wgpu");
+}
