@@ -6,3 +6,4 @@ mod common;
 mod hf_fixtures;
 mod peft_fixtures;
 mod smollm2;
+mod train_cli;
