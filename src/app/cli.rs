@@ -63,6 +63,9 @@ pub struct GenerateArgs {
     /// Wrap the prompt as a user message in the model's chat template.
     #[arg(long)]
     pub chat: bool,
+    /// peft adapter folder (LoRA or OFT) to apply.
+    #[arg(long)]
+    pub adapter: Option<PathBuf>,
     /// Maximum number of new tokens.
     #[arg(long, default_value_t = 64)]
     pub max_new_tokens: usize,
@@ -168,7 +171,10 @@ pub fn load(path: &Path, device: &burn::tensor::Device) -> Result<LoadedModel> {
 
 fn cmd_generate(a: GenerateArgs) -> Result<()> {
     let backend = pick_backend(a.model.backend)?;
-    let lm = load(&a.model.model, &backend.device)?;
+    let mut lm = load(&a.model.model, &backend.device)?;
+    if let Some(dir) = &a.adapter {
+        crate::io::peft::load_adapter(&DirSource::new(dir), &mut lm.model)?;
+    }
     let tok = lm
         .tokenizer
         .as_ref()
