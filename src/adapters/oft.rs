@@ -223,9 +223,32 @@ impl Oft {
         })
     }
 
+    /// COFT's projection of skew vectors `w` `[rows, n]`: `Q ← ε'·Q/‖Q‖_F` where `‖Q‖_F > ε' =
+    /// eps/√rows` (peft `_project_batch`; `‖Q‖_F = √2·‖row‖`). Gradient-free.
+    fn project(&self, w: Tensor<2>) -> Tensor<2> {
+        let w = w.detach();
+        let rows = w.dims()[0];
+        let eps = self.config.eps / (rows as f64).sqrt();
+        let norm = w.clone().square().sum_dim(1).mul_scalar(2.0).sqrt();
+        let outside = norm.clone().greater_elem(eps);
+        let scaled = w.clone() * norm.recip().mul_scalar(eps);
+        w.mask_where(outside, scaled)
+    }
+
+    /// The skew vectors a forward uses: with COFT the projected values, with the gradient passed
+    /// straight through to the parameter as peft does (it projects in place under `no_grad`).
+    fn effective_weight(&self) -> Tensor<2> {
+        if !self.config.coft {
+            return self.weight.clone();
+        }
+        let w = self.weight.clone();
+        let projected = self.project(w.clone());
+        w.clone() + (projected - w.detach())
+    }
+
     /// The rotation blocks `[rows, b, b]` built from the parameters.
     pub fn rotations(&self) -> Tensor<3> {
-        let q = skew(self.weight.clone(), self.block);
+        let q = skew(self.effective_weight(), self.block);
         if self.config.use_cayley_neumann {
             cayley_neumann(q, self.config.num_cayley_neumann_terms)
         } else {
@@ -280,18 +303,12 @@ impl Adapter for Oft {
         vec![("oft_R.weight", &mut self.weight)]
     }
 
-    /// COFT: `Q ← ε'·Q/‖Q‖_F` where `‖Q‖_F > ε' = eps/√rows` (peft `_project_batch`), no gradient.
+    /// COFT before a training step: project the parameter in place, so AdamW (and its weight
+    /// decay) acts on the projected values exactly as in peft.
     fn prepare(&mut self) {
-        if !self.config.coft {
-            return;
+        if self.config.coft {
+            self.weight = self.project(self.weight.clone());
         }
-        let w = self.weight.clone().detach();
-        let rows = w.dims()[0];
-        let eps = self.config.eps / (rows as f64).sqrt();
-        let norm = w.clone().square().sum_dim(1).mul_scalar(2.0).sqrt();
-        let too_big = norm.clone().greater_elem(eps);
-        let scaled = w.clone() * norm.recip().mul_scalar(eps);
-        self.weight = w.mask_where(too_big, scaled);
     }
 
     /// `W' = W·blockdiag(R)ᵀ`... in peft's orientation: `y = (x·R)·Wᵀ = x·(W·Rᵀ)ᵀ`.

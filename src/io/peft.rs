@@ -179,7 +179,6 @@ pub fn load_adapter(src: &dyn FileSource, model: &mut Llama) -> Result<AdapterCo
             format!("tensor `{extra}` does not belong to any target module of this model"),
         ));
     }
-    crate::adapters::for_each_adapter(model, |a| a.prepare());
     Ok(cfg)
 }
 

@@ -51,7 +51,7 @@ pub trait Adapter: std::fmt::Debug + Send + Sync {
     fn parameters_mut(&mut self) -> Vec<(&'static str, &mut Tensor<2>)>;
     /// Switch training behaviour (dropout) on or off.
     fn set_training(&mut self, _on: bool) {}
-    /// Work done on the parameters before every forward (OFT's COFT projection).
+    /// In-place work on the parameters before each training step (COFT projection).
     fn prepare(&mut self) {}
     /// The merged dense weight `W'` that gives the same outputs without the adapter.
     fn merge(&self, base: &Tensor<2>) -> Tensor<2>;

@@ -155,6 +155,16 @@ fn oft_neumann3_cpu() {
 }
 
 #[test]
+fn oft_coft_cpu() {
+    check_case("oft_coft", "cpu");
+}
+
+#[test]
+fn oft_block_share_cpu() {
+    check_case("oft_block_share", "cpu");
+}
+
+#[test]
 fn lora_wgpu() {
     check_case("lora", "wgpu");
 }
