@@ -26,6 +26,10 @@ pub struct OftConfig {
     pub block_share: bool,
     /// peft's module_dropout (stored for interop; peft 0.21's OFT v2 forward does not apply it).
     pub module_dropout: f64,
+    /// Benchmark baseline only: weight-centric OFT v1 (rebuild `W·blockdiag(R)ᵀ` every forward).
+    /// Not a peft field: never written to `adapter_config.json`.
+    #[serde(skip)]
+    pub weight_centric: bool,
 }
 
 impl Default for OftConfig {
@@ -39,6 +43,7 @@ impl Default for OftConfig {
             eps: 6e-5,
             block_share: false,
             module_dropout: 0.0,
+            weight_centric: false,
         }
     }
 }

@@ -90,6 +90,7 @@ pub fn parse_config(v: &Value, file: &str) -> Result<AdapterConfig, LoadError> {
             eps: num("eps", 6e-5),
             block_share: flag("block_share"),
             module_dropout: num("module_dropout", 0.0),
+            weight_centric: false,
         }),
         other => {
             return Err(bad(format!(

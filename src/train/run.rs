@@ -58,6 +58,9 @@ pub struct RunConfig {
     /// Share one rotation across all blocks of a layer.
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     pub block_share: Option<bool>,
+    /// Benchmark baseline: weight-centric OFT v1 (rebuilds W·Rᵀ every step; same result, slower).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub oft_v1: Option<bool>,
     /// Start from this peft adapter folder instead of a fresh init.
     #[arg(long)]
     pub init_adapter: Option<String>,
@@ -177,6 +180,7 @@ impl RunConfig {
                 eps: self.eps.unwrap_or(6e-5),
                 block_share: self.block_share.unwrap_or(false),
                 module_dropout: 0.0,
+                weight_centric: self.oft_v1.unwrap_or(false),
             }),
             other => return Err(format!("unknown method `{other}` (lora, oft)")),
         };

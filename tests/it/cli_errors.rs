@@ -281,3 +281,31 @@ fn eval_dump_matches_fixture() {
     assert!(max_abs_diff(&got.f32["logits"].1, &want.f32["logits"].1) < 1e-4);
     assert!((got.f32["loss"].1[0] - want.f32["loss"].1[0]).abs() < 1e-4);
 }
+
+#[test]
+fn unsupported_peft_type_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let adapter = tmp.path().join("ia3");
+    std::fs::create_dir(&adapter).unwrap();
+    std::fs::write(
+        adapter.join("adapter_config.json"),
+        r#"{"peft_type": "IA3", "target_modules": ["k_proj"]}"#,
+    )
+    .unwrap();
+    let model = fixture("tiny_gqa");
+    let data = fixture("tiny_gqa/data.jsonl");
+    assert_fails(
+        &[
+            "eval",
+            "--backend",
+            "cpu",
+            "--model",
+            s(&model),
+            "--data",
+            s(&data),
+            "--adapter",
+            s(&adapter),
+        ],
+        &["adapter_config.json", "IA3", "not supported"],
+    );
+}

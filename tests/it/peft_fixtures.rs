@@ -173,3 +173,48 @@ fn lora_wgpu() {
 fn oft_neumann_wgpu() {
     check_case("oft_neumann", "wgpu");
 }
+
+/// The weight-centric OFT v1 baseline computes the same function (and gradients) as OFTv2.
+#[test]
+fn oft_v1_baseline_matches_v2() {
+    let want = read_tensors(&fixture("peft/oft_neumann/expected.safetensors"));
+    let device = device("cpu").autodiff();
+    let mut lm = load_hf(&fixture("tiny_gqa"), &device);
+    load_adapter(
+        &DirSource::new(fixture("peft/oft_neumann/adapter")),
+        &mut lm.model,
+    )
+    .unwrap();
+    for block in lm.model.layers.iter_mut() {
+        for (_, lin) in block.linears_mut() {
+            let w = lin.adapter.take().unwrap().parameters()[0].1.clone();
+            let cfg = wgtune::adapters::oft::OftConfig {
+                oft_block_size: 16,
+                weight_centric: true,
+                ..Default::default()
+            };
+            let in_f = lin.base.dims()[1];
+            lin.adapter = Some(Box::new(
+                wgtune::adapters::oft::Oft::from_weight(&cfg, in_f, w).unwrap(),
+            ));
+        }
+    }
+    adapters::track_gradients(&mut lm.model);
+    let b = batch();
+    let logits = lm.model.forward(&b.input_ids, None).unwrap();
+    let (loss, _) = causal_lm_loss(logits.clone(), &b.labels).unwrap();
+    let grads = loss.backward();
+    assert!(
+        max_abs_diff(
+            &block(read_f32(logits.detach())).unwrap(),
+            &want.f32["logits"].1
+        ) < TOL
+    );
+    for (key, t) in named_parameters(&lm.model) {
+        let g = block(read_f32(t.grad(&grads).unwrap())).unwrap();
+        assert!(
+            max_abs_diff(&g, &want.f32[&format!("grad/{key}")].1) < TOL,
+            "{key}"
+        );
+    }
+}
