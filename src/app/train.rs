@@ -204,6 +204,12 @@ pub fn cmd_train(a: TrainArgs) -> Result<()> {
         .create(true)
         .append(true)
         .open(&metrics_path)?;
+    if !eval_batches.is_empty() && trainer.step_count() == 0 {
+        let el = pollster::block_on(trainer.eval_loss(&eval_batches))?;
+        writeln!(metrics_file, "{}", serde_json::json!({"step": 0, "eval_loss": el}))?;
+        eprintln!("eval loss before training: {el:.4}");
+        last_eval = Some(el);
+    }
     while (trainer.step_count() as usize) < total {
         let s = trainer.step_count() as usize;
         let micro: Vec<_> = (0..accum)
