@@ -206,7 +206,11 @@ pub fn cmd_train(a: TrainArgs) -> Result<()> {
         .open(&metrics_path)?;
     if !eval_batches.is_empty() && trainer.step_count() == 0 {
         let el = pollster::block_on(trainer.eval_loss(&eval_batches))?;
-        writeln!(metrics_file, "{}", serde_json::json!({"step": 0, "eval_loss": el}))?;
+        writeln!(
+            metrics_file,
+            "{}",
+            serde_json::json!({"step": 0, "eval_loss": el})
+        )?;
         eprintln!("eval loss before training: {el:.4}");
         last_eval = Some(el);
     }

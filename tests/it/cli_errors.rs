@@ -309,3 +309,41 @@ fn unsupported_peft_type_is_refused() {
         &["adapter_config.json", "IA3", "not supported"],
     );
 }
+
+#[test]
+fn eval_grads_dump_matches_peft() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dump = tmp.path().join("grads.safetensors");
+    let (model, data) = (fixture("tiny_gqa"), fixture("tiny_gqa/data.jsonl"));
+    let case = fixture("peft/oft_exact");
+    let adapter = case.join("adapter");
+    let (code, err) = wgtune(&[
+        "eval",
+        "--backend",
+        "cpu",
+        "--model",
+        s(&model),
+        "--data",
+        s(&data),
+        "--adapter",
+        s(&adapter),
+        "--grads",
+        "--dump",
+        s(&dump),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let got = read_tensors(&dump);
+    let want = read_tensors(&case.join("expected.safetensors"));
+    let grads: Vec<&String> = want.f32.keys().filter(|k| k.starts_with("grad/")).collect();
+    assert_eq!(
+        grads.len(),
+        got.f32.keys().filter(|k| k.starts_with("grad/")).count()
+    );
+    for k in grads
+        .into_iter()
+        .chain([&"logits".to_string(), &"loss".to_string()])
+    {
+        let d = max_abs_diff(&got.f32[k].1, &want.f32[k].1);
+        assert!(d < 1e-4, "{k} differs by {d}");
+    }
+}
