@@ -2,3 +2,4 @@
 //! quantization issue).
 
 pub mod ggml;
+pub mod nf4;
