@@ -8,7 +8,7 @@ use crate::model::generate::{SamplingConfig, generate};
 use crate::model::llama::causal_lm_loss;
 use crate::model::loader::{LoadedModel, load_model, read_model};
 use crate::model::read_f32;
-use crate::train::data::{Example, Tokenize, load_examples};
+use crate::train::data::{BadLine, DataOptions, Example, LoadReport, Tokenize, load_examples_with};
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use std::collections::BTreeMap;
@@ -239,7 +239,12 @@ fn cmd_generate(a: GenerateArgs) -> Result<()> {
     Ok(())
 }
 
-fn read_examples(path: &Path, lm: &LoadedModel, limit: Option<usize>) -> Result<Vec<Example>> {
+/// Read a data file and tokenize it for `lm` (every problem names the file and line).
+pub fn read_examples(
+    path: &Path,
+    lm: &LoadedModel,
+    opts: &DataOptions,
+) -> Result<(Vec<Example>, LoadReport)> {
     let blob = read_blob(path)?;
     let text = std::str::from_utf8((*blob).as_ref())
         .with_context(|| format!("{}: not UTF-8 text", path.display()))?;
@@ -247,11 +252,12 @@ fn read_examples(path: &Path, lm: &LoadedModel, limit: Option<usize>) -> Result<
         tokenizer: t,
         chat_template: lm.chat_template.as_ref(),
     });
-    let mut ex = load_examples(text, &path.display().to_string(), tok.as_ref())?;
-    if let Some(n) = limit {
-        ex.truncate(n);
-    }
-    Ok(ex)
+    Ok(load_examples_with(
+        text,
+        &path.display().to_string(),
+        tok.as_ref(),
+        opts,
+    )?)
 }
 
 fn cmd_eval(a: EvalArgs) -> Result<()> {
@@ -275,7 +281,14 @@ fn cmd_eval(a: EvalArgs) -> Result<()> {
             crate::adapters::track_gradients(&mut lm.model);
         }
     }
-    let examples = read_examples(&a.data, &lm, a.limit)?;
+    let whole = DataOptions {
+        max_seq_len: usize::MAX,
+        on_bad_line: BadLine::Stop,
+    };
+    let (mut examples, _) = read_examples(&a.data, &lm, &whole)?;
+    if let Some(n) = a.limit {
+        examples.truncate(n);
+    }
     if let Some(dump) = &a.dump {
         let t = examples[0].input_ids.len();
         if let Some((i, e)) = examples

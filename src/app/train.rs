@@ -2,13 +2,12 @@
 //! attach or load the adapter, run the steps with a progress bar, append every step to
 //! `OUT/metrics.jsonl`, write checkpoints atomically, and save the peft adapter at the end.
 
-use super::cli::{load, pick_backend};
-use super::files::{DirSource, read_blob, write_atomic};
+use super::cli::{load, pick_backend, read_examples};
+use super::files::{DirSource, write_atomic};
 use crate::adapters;
 use crate::io::peft::{load_adapter, save_adapter};
 use crate::train::data::{
-    BadLine, DataOptions, Example, Tokenize, epoch_order, load_examples_with, make_batch, pack,
-    split_eval,
+    BadLine, DataOptions, Example, epoch_order, make_batch, pack, split_eval,
 };
 use crate::train::run::RunConfig;
 use crate::train::trainer::{StepMetrics, TrainError, Trainer};
@@ -51,13 +50,6 @@ fn read_data(
     path: &Path,
     lm: &crate::model::loader::LoadedModel,
 ) -> Result<Vec<Example>> {
-    let blob = read_blob(path)?;
-    let text = std::str::from_utf8((*blob).as_ref())
-        .with_context(|| format!("{}: not UTF-8 text", path.display()))?;
-    let tok = lm.tokenizer.as_ref().map(|t| Tokenize {
-        tokenizer: t,
-        chat_template: lm.chat_template.as_ref(),
-    });
     let on_bad_line = match run.on_bad_line.as_deref().unwrap_or("stop") {
         "stop" => BadLine::Stop,
         "skip" => BadLine::Skip,
@@ -68,8 +60,7 @@ fn read_data(
         max_seq_len,
         on_bad_line,
     };
-    let (examples, report) =
-        load_examples_with(text, &path.display().to_string(), tok.as_ref(), &opts)?;
+    let (examples, report) = read_examples(path, lm, &opts)?;
     for (line, msg) in &report.skipped {
         eprintln!("warning: {}:{line}: skipped: {msg}", path.display());
     }
