@@ -9,7 +9,7 @@ use crate::adapters::{
 };
 use crate::model::llama::Llama;
 use crate::model::read_f32;
-use crate::model::weights::HostData;
+use crate::model::weights::Checkpoint;
 use burn::tensor::{Tensor, TensorData};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
@@ -113,30 +113,20 @@ pub fn load_adapter(src: &dyn FileSource, model: &mut Llama) -> Result<AdapterCo
     let file = src.display(WEIGHTS);
     let blob = read_required(src, WEIGHTS)?;
     let tensors = st::parse((*blob).as_ref(), &file)?;
-    let mut host = BTreeMap::new();
+    let mut host = Checkpoint {
+        tensors: BTreeMap::new(),
+        origin: file.clone(),
+    };
     for (name, view) in tensors.iter() {
-        host.insert(name.to_string(), st::to_host(&view, name, &file)?);
+        host.tensors
+            .insert(name.to_string(), st::to_host(&view, name, &file)?);
     }
     let device = model.device();
     let mut used = 0usize;
     let mut take = |key: String, want: [usize; 2]| -> Result<Tensor<2>, LoadError> {
-        let t = host.get(&key).ok_or_else(|| LoadError::MissingTensor {
-            file: file.clone(),
-            name: key.clone(),
-        })?;
-        if t.shape != want {
-            return Err(LoadError::Shape {
-                file: file.clone(),
-                name: key,
-                got: t.shape.clone(),
-                want: want.to_vec(),
-            });
-        }
+        let v = host.take_f32(&key, &want)?;
         used += 1;
-        let HostData::F32(v) = &t.data else {
-            unreachable!("safetensors tensors are dense")
-        };
-        Ok(Tensor::from_data(TensorData::new(v.clone(), want), &device))
+        Ok(Tensor::from_data(TensorData::new(v, want), &device))
     };
     let mut err = None;
     for_each_target(model, &cfg, |path, out_f, in_f| {
@@ -165,12 +155,13 @@ pub fn load_adapter(src: &dyn FileSource, model: &mut Llama) -> Result<AdapterCo
         err.take()
             .unwrap_or_else(|| LoadError::invalid(&file, e.to_string()))
     })?;
-    if used != host.len() {
+    if used != host.tensors.len() {
         let expected: Vec<String> = named_parameters(model)
             .into_iter()
             .map(|(k, _)| k)
             .collect();
         let extra = host
+            .tensors
             .keys()
             .find(|k| !expected.contains(k))
             .cloned()

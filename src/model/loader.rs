@@ -307,26 +307,7 @@ pub fn build_llama(
     ckpt: &Checkpoint,
     device: &Device,
 ) -> Result<Llama, LoadError> {
-    let file = &ckpt.origin;
-    let take = |name: &str, want: &[usize]| -> Result<Vec<f32>, LoadError> {
-        let t = ckpt
-            .tensors
-            .get(name)
-            .ok_or_else(|| LoadError::MissingTensor {
-                file: file.clone(),
-                name: name.to_string(),
-            })?;
-        if t.shape != want {
-            return Err(LoadError::Shape {
-                file: file.clone(),
-                name: name.into(),
-                got: t.shape.clone(),
-                want: want.to_vec(),
-            });
-        }
-        t.to_f32()
-            .map_err(|e| LoadError::invalid(file, format!("tensor `{name}`: {e}")))
-    };
+    let take = |name: &str, want: &[usize]| ckpt.take_f32(name, want);
     let expected: BTreeMap<String, Vec<usize>> = config.expected_tensors().into_iter().collect();
     let get2 = |name: &str| -> Result<Tensor<2>, LoadError> {
         let shape = &expected[name];

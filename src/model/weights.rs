@@ -67,3 +67,28 @@ pub struct Checkpoint {
     /// The file or folder shown in errors.
     pub origin: String,
 }
+
+impl Checkpoint {
+    /// The tensor `name` as f32, checked to have shape `want`; errors name the file and tensor.
+    pub fn take_f32(&self, name: &str, want: &[usize]) -> Result<Vec<f32>, crate::io::LoadError> {
+        use crate::io::LoadError;
+        let file = &self.origin;
+        let t = self
+            .tensors
+            .get(name)
+            .ok_or_else(|| LoadError::MissingTensor {
+                file: file.clone(),
+                name: name.to_string(),
+            })?;
+        if t.shape != want {
+            return Err(LoadError::Shape {
+                file: file.clone(),
+                name: name.into(),
+                got: t.shape.clone(),
+                want: want.to_vec(),
+            });
+        }
+        t.to_f32()
+            .map_err(|e| LoadError::invalid(file, format!("tensor `{name}`: {e}")))
+    }
+}
