@@ -218,3 +218,8 @@ fn oft_v1_baseline_matches_v2() {
         );
     }
 }
+
+#[test]
+fn oft_exact_wgpu() {
+    check_case("oft_exact", "wgpu");
+}
