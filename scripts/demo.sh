@@ -4,6 +4,7 @@
 # or --method oft), then generate with the trained adapter.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+bash scripts/ensure-deps.sh
 bash scripts/fetch-assets.sh
 cargo run --locked -- train --no-gui --config assets/demo-lora.toml "$@"
 cargo run --locked -- generate --model assets/SmolLM2-135M-Instruct.Q4_1.gguf --chat \
