@@ -19,3 +19,6 @@ pub mod bench;
 
 pub use model::llama::{Llama, LlamaConfig};
 pub use model::loader::{LoadedModel, load_model};
+pub use adapters::{AdapterConfig, Method};
+pub use train::run::RunConfig;
+pub use train::trainer::{StepMetrics, TrainConfig, Trainer};
