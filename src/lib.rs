@@ -17,8 +17,8 @@ pub mod app;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod bench;
 
+pub use adapters::{AdapterConfig, Method};
 pub use model::llama::{Llama, LlamaConfig};
 pub use model::loader::{LoadedModel, load_model};
-pub use adapters::{AdapterConfig, Method};
 pub use train::run::RunConfig;
 pub use train::trainer::{StepMetrics, TrainConfig, Trainer};

@@ -3,3 +3,4 @@
 
 pub mod ggml;
 pub mod nf4;
+pub mod torch_sum;

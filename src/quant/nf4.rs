@@ -17,6 +17,7 @@
 //!
 //! A NaN anywhere in a block makes that block's absmax NaN (torch's `max` propagates NaN).
 
+use super::torch_sum::torch_mean_f32;
 use thiserror::Error;
 
 /// bitsandbytes' NF4 code table (`get_4bit_type("nf4")`), ascending, exact fp32 values.
@@ -282,6 +283,163 @@ pub fn dequantize_absmax_dq(
         .collect())
 }
 
+/// Block size bitsandbytes uses for the nested (second-level) quantisation of absmax.
+pub const NF4_NESTED_BLOCKSIZE: usize = 256;
+
+/// bitsandbytes' signed dynamic 8-bit map (`create_dynamic_map(signed=True)`), fp32 bit patterns.
+pub const DYNAMIC_CODE_BITS: [u32; 256] = [
+    0xbf7e3333, 0xbf7a999a, 0xbf770000, 0xbf736666, 0xbf6fcccd, 0xbf6c3333, 0xbf68999a, 0xbf650000,
+    0xbf616666, 0xbf5dcccd, 0xbf5a3333, 0xbf56999a, 0xbf530000, 0xbf4f6666, 0xbf4bcccd, 0xbf483333,
+    0xbf44999a, 0xbf410000, 0xbf3d6666, 0xbf39cccd, 0xbf363334, 0xbf32999a, 0xbf2f0000, 0xbf2b6666,
+    0xbf27cccd, 0xbf243334, 0xbf20999a, 0xbf1d0000, 0xbf196666, 0xbf15cccd, 0xbf123334, 0xbf0e999a,
+    0xbf0b0000, 0xbf076666, 0xbf03cccc, 0xbf003333, 0xbef93332, 0xbef20000, 0xbeeacccc, 0xbee3999a,
+    0xbedc6666, 0xbed53333, 0xbece0000, 0xbec6cccc, 0xbebf999a, 0xbeb86666, 0xbeb13333, 0xbeaa0000,
+    0xbea2cccc, 0xbe9b999a, 0xbe946666, 0xbe8d3334, 0xbe860000, 0xbe7d9999, 0xbe6f3333, 0xbe60cccd,
+    0xbe526666, 0xbe440000, 0xbe35999a, 0xbe273333, 0xbe18cccd, 0xbe0a6666, 0xbdf80000, 0xbddb3334,
+    0xbdc9eb85, 0xbdc428f7, 0xbdbe6667, 0xbdb8a3d7, 0xbdb2e148, 0xbdad1eb8, 0xbda75c2a, 0xbda1999a,
+    0xbd9bd70a, 0xbd96147b, 0xbd9051eb, 0xbd8a8f5d, 0xbd84cccd, 0xbd7e147b, 0xbd728f5d, 0xbd670a3d,
+    0xbd5b851f, 0xbd500000, 0xbd447ae1, 0xbd38f5c3, 0xbd2d70a3, 0xbd21eb85, 0xbd166667, 0xbd0ae148,
+    0xbcfeb852, 0xbce7ae15, 0xbcd0a3d7, 0xbcb9999a, 0xbca28f5d, 0xbc8b851f, 0xbc68f5c3, 0xbc3ae148,
+    0xbc1f3b64, 0xbc160418, 0xbc0ccccd, 0xbc039581, 0xbbf4bc6a, 0xbbe24dd3, 0xbbcfdf3b, 0xbbbd70a4,
+    0xbbab020d, 0xbb989374, 0xbb8624dd, 0xbb676c8a, 0xbb428f5c, 0xbb1db22d, 0xbaf1a9fc, 0xbaa7ef9d,
+    0xba7765ff, 0xba59e83e, 0xba3c6a80, 0xba1eecc1, 0xba016f01, 0xb9c7e283, 0xb98ce705, 0xb923d70b,
+    0xb8ba1f4b, 0xb88aefb3, 0xb8378034, 0xb7b24206, 0xb70205ff, 0xb65a1a94, 0xb513a3b7, 0x00000000,
+    0x3513a3b7, 0x365a1a94, 0x370205ff, 0x37b24206, 0x38378034, 0x388aefb3, 0x38ba1f4b, 0x3923d70b,
+    0x398ce705, 0x39c7e283, 0x3a016f01, 0x3a1eecc1, 0x3a3c6a80, 0x3a59e83e, 0x3a7765ff, 0x3aa7ef9d,
+    0x3af1a9fc, 0x3b1db22d, 0x3b428f5c, 0x3b676c8a, 0x3b8624dd, 0x3b989374, 0x3bab020d, 0x3bbd70a4,
+    0x3bcfdf3b, 0x3be24dd3, 0x3bf4bc6a, 0x3c039581, 0x3c0ccccd, 0x3c160418, 0x3c1f3b64, 0x3c3ae148,
+    0x3c68f5c3, 0x3c8b851f, 0x3ca28f5d, 0x3cb9999a, 0x3cd0a3d7, 0x3ce7ae15, 0x3cfeb852, 0x3d0ae148,
+    0x3d166667, 0x3d21eb85, 0x3d2d70a3, 0x3d38f5c3, 0x3d447ae1, 0x3d500000, 0x3d5b851f, 0x3d670a3d,
+    0x3d728f5d, 0x3d7e147b, 0x3d84cccd, 0x3d8a8f5d, 0x3d9051eb, 0x3d96147b, 0x3d9bd70a, 0x3da1999a,
+    0x3da75c2a, 0x3dad1eb8, 0x3db2e148, 0x3db8a3d7, 0x3dbe6667, 0x3dc428f7, 0x3dc9eb85, 0x3ddb3334,
+    0x3df80000, 0x3e0a6666, 0x3e18cccd, 0x3e273333, 0x3e35999a, 0x3e440000, 0x3e526666, 0x3e60cccd,
+    0x3e6f3333, 0x3e7d9999, 0x3e860000, 0x3e8d3334, 0x3e946666, 0x3e9b999a, 0x3ea2cccc, 0x3eaa0000,
+    0x3eb13333, 0x3eb86666, 0x3ebf999a, 0x3ec6cccc, 0x3ece0000, 0x3ed53333, 0x3edc6666, 0x3ee3999a,
+    0x3eeacccc, 0x3ef20000, 0x3ef93332, 0x3f003333, 0x3f03cccc, 0x3f076666, 0x3f0b0000, 0x3f0e999a,
+    0x3f123334, 0x3f15cccd, 0x3f196666, 0x3f1d0000, 0x3f20999a, 0x3f243334, 0x3f27cccd, 0x3f2b6666,
+    0x3f2f0000, 0x3f32999a, 0x3f363334, 0x3f39cccd, 0x3f3d6666, 0x3f410000, 0x3f44999a, 0x3f483333,
+    0x3f4bcccd, 0x3f4f6666, 0x3f530000, 0x3f56999a, 0x3f5a3333, 0x3f5dcccd, 0x3f616666, 0x3f650000,
+    0x3f68999a, 0x3f6c3333, 0x3f6fcccd, 0x3f736666, 0x3f770000, 0x3f7a999a, 0x3f7e3333, 0x3f800000,
+];
+
+/// Entries in bnb's CPU quantisation lookup table (`kLUTSize`).
+const LUT_SIZE: usize = 65536;
+
+/// An NF4 tensor with double-quantised statistics (bnb `compress_statistics=True`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Nf4DoubleQuant {
+    /// The NF4 tensor; its `absmax` holds the fp32 first-level scales before double quantisation.
+    pub tensor: Nf4Tensor,
+    /// 8-bit codes of `absmax - offset` (bnb `quant_state.absmax`), one per NF4 block.
+    pub quantized_absmax: Vec<u8>,
+    /// fp32 scale per nested block of `nested_blocksize` codes (bnb `state2.absmax`).
+    pub nested_absmax: Vec<f32>,
+    /// The 256-entry dynamic code table (bnb `state2.code`, saved as `nested_quant_map`).
+    pub nested_code: Vec<f32>,
+    /// Mean of the fp32 absmax vector, subtracted before nested quantisation (bnb `offset`).
+    pub offset: f32,
+    /// Nested block size (always [`NF4_NESTED_BLOCKSIZE`]).
+    pub nested_blocksize: usize,
+}
+
+/// bitsandbytes' signed dynamic 8-bit code table as fp32 values.
+pub fn dynamic_code() -> Vec<f32> {
+    DYNAMIC_CODE_BITS
+        .iter()
+        .map(|&b| f32::from_bits(b))
+        .collect()
+}
+
+/// bnb's CPU lookup table: LUT bin `i` (value `2i / 65535 - 1`) to nearest-code index by midpoints.
+fn build_quantize_lut(code: &[f32; 256]) -> Vec<u8> {
+    let mut mids = [0.0f32; 255];
+    for (i, m) in mids.iter_mut().enumerate() {
+        *m = 0.5 * (code[i] + code[i + 1]);
+    }
+    let mut lut = Vec::with_capacity(LUT_SIZE);
+    let mut idx = 0usize;
+    for i in 0..LUT_SIZE {
+        let val = (2.0 * i as f32) / (LUT_SIZE - 1) as f32 - 1.0;
+        while idx < 255 && mids[idx] < val {
+            idx += 1;
+        }
+        lut.push(idx as u8);
+    }
+    lut
+}
+
+/// bnb's `norm_to_lut_index`: `(u16)(int)fma((clamp(v) + 1) * 0.5, 65535, 0.5)`; NaN gives 0.
+fn lut_index(v: f32) -> usize {
+    // std::clamp keeps NaN, as f32::clamp does.
+    let v = v.clamp(-1.0, 1.0);
+    let t = ((v + 1.0) * 0.5).mul_add((LUT_SIZE - 1) as f32, 0.5);
+    // cvttss2si then the low 16 bits; t is NaN or in [0, 65535.5], so `as` is exact here.
+    (t as i32 as u16) as usize
+}
+
+/// bnb 0.50.2's native CPU `quantize_blockwise` (fp32), bit for bit; returns (codes, absmax).
+///
+/// Per block: `absmax = max|x|` ignoring NaN (0 for an all-zero block, whose codes are all 0);
+/// `v = x * (1 / absmax)`; code index = `lut[norm_to_lut_index(v)]` with bnb's 65536-bin table
+/// (not exact nearest-code rounding: values within a bin of a midpoint can go either way).
+pub fn quantize_blockwise_8bit(
+    values: &[f32],
+    code: &[f32],
+    blocksize: usize,
+) -> Result<(Vec<u8>, Vec<f32>), Nf4Error> {
+    if blocksize == 0 {
+        return Err(Nf4Error::BadBlocksize(blocksize));
+    }
+    let code: &[f32; 256] = code
+        .try_into()
+        .map_err(|_| Nf4Error::CodeLength(code.len()))?;
+    let lut = build_quantize_lut(code);
+    let mut out = Vec::with_capacity(values.len());
+    let mut absmax = Vec::with_capacity(values.len().div_ceil(blocksize));
+    for block in values.chunks(blocksize) {
+        let mut am = 0.0f32;
+        for &x in block {
+            let a = x.abs();
+            if a > am {
+                am = a;
+            }
+        }
+        absmax.push(am);
+        if am == 0.0 {
+            out.extend(std::iter::repeat_n(0u8, block.len()));
+            continue;
+        }
+        let inv = 1.0f32 / am;
+        out.extend(block.iter().map(|&x| lut[lut_index(x * inv)]));
+    }
+    Ok((out, absmax))
+}
+
+/// Quantise to NF4 with double-quantised absmax, as bnb `quantize_4bit(compress_statistics=True)`.
+///
+/// `offset = absmax.mean()` (torch's fp32 CPU sum, see [`torch_sum_f32`]), then
+/// `quantize_blockwise(absmax - offset, dynamic_code, 256)` on bnb's native CPU kernel.
+pub fn quantize_nf4_double(
+    values: &[f32],
+    shape: &[usize],
+    blocksize: usize,
+) -> Result<Nf4DoubleQuant, Nf4Error> {
+    let tensor = quantize_nf4_shaped(values, shape, blocksize)?;
+    let offset = torch_mean_f32(&tensor.absmax);
+    let centred: Vec<f32> = tensor.absmax.iter().map(|&a| a - offset).collect();
+    let nested_code = dynamic_code();
+    let (quantized_absmax, nested_absmax) =
+        quantize_blockwise_8bit(&centred, &nested_code, NF4_NESTED_BLOCKSIZE)?;
+    Ok(Nf4DoubleQuant {
+        tensor,
+        quantized_absmax,
+        nested_absmax,
+        nested_code,
+        offset,
+        nested_blocksize: NF4_NESTED_BLOCKSIZE,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -460,5 +618,73 @@ mod tests {
         let q = quantize_nf4(&v, 64).expect("quantize");
         assert_eq!(q.absmax[0], f32::INFINITY);
         assert!(dequantize_nf4(&q).is_ok());
+    }
+    #[test]
+    fn double_quant_quantize_matches_bitsandbytes() {
+        let bytes = fixture_bytes();
+        let st = SafeTensors::deserialize(&bytes).expect("parse fixture");
+        // Nested stage alone on the long (600-entry, partial nested block) absmax vector.
+        let (am, _) = f32s(&st, "dqvec.absmax");
+        let (code, _) = f32s(&st, "dqvec.code");
+        assert_eq!(bits(&dynamic_code()), bits(&code), "dynamic code");
+        let (off, _) = f32s(&st, "dqvec.offset");
+        let offset = torch_mean_f32(&am);
+        assert_eq!(offset.to_bits(), off[0].to_bits(), "dqvec offset");
+        let centred: Vec<f32> = am.iter().map(|&a| a - offset).collect();
+        let (q, nested) = quantize_blockwise_8bit(&centred, &code, 256).expect("blockwise");
+        assert_eq!(q, u8s(&st, "dqvec.qabsmax"), "dqvec qabsmax");
+        let (want_nested, _) = f32s(&st, "dqvec.nested_absmax");
+        assert_eq!(bits(&nested), bits(&want_nested), "dqvec nested absmax");
+
+        // Full quantize_4bit(compress_statistics=True).
+        for case in ["normal", "partial"] {
+            let (input, shape) = f32s(&st, &format!("{case}.input"));
+            let bs = i64_scalar(&st, &format!("{case}.blocksize")) as usize;
+            let d = quantize_nf4_double(&input, &shape, bs).expect("double quant");
+            assert_eq!(
+                d.tensor.packed,
+                u8s(&st, &format!("{case}.packed")),
+                "{case}"
+            );
+            let (absmax, _) = f32s(&st, &format!("{case}.absmax"));
+            assert_eq!(bits(&d.tensor.absmax), bits(&absmax), "{case}: absmax");
+            let q = u8s(&st, &format!("{case}.dq_qabsmax"));
+            assert_eq!(d.quantized_absmax, q, "{case}: qabsmax");
+            let (nested, _) = f32s(&st, &format!("{case}.dq_nested_absmax"));
+            assert_eq!(
+                bits(&d.nested_absmax),
+                bits(&nested),
+                "{case}: nested absmax"
+            );
+            let (off, _) = f32s(&st, &format!("{case}.dq_offset"));
+            assert_eq!(d.offset.to_bits(), off[0].to_bits(), "{case}: offset");
+            let (code, _) = f32s(&st, &format!("{case}.dq_code"));
+            assert_eq!(bits(&d.nested_code), bits(&code), "{case}: code");
+            assert_eq!(d.nested_blocksize, NF4_NESTED_BLOCKSIZE);
+        }
+    }
+
+    #[test]
+    fn blockwise_8bit_edge_cases() {
+        let code = dynamic_code();
+        let (q, am) = quantize_blockwise_8bit(&[0.0; 3], &code, 256).expect("zeros");
+        assert_eq!((q, am), (vec![0; 3], vec![0.0]));
+        let (q, am) = quantize_blockwise_8bit(&[f32::NAN, 1.0, -1.0], &code, 256).expect("nan");
+        assert_eq!(am, vec![1.0]);
+        assert_eq!(q, vec![0, 255, 0]);
+        let (q, am) = quantize_blockwise_8bit(&[f32::INFINITY, 1.0], &code, 256).expect("inf");
+        assert_eq!(am[0], f32::INFINITY);
+        assert_eq!(q.len(), 2);
+        assert_eq!(
+            quantize_blockwise_8bit(&[1.0], &code[..3], 256),
+            Err(Nf4Error::CodeLength(3))
+        );
+        assert_eq!(
+            quantize_blockwise_8bit(&[1.0], &code, 0),
+            Err(Nf4Error::BadBlocksize(0))
+        );
+        let d = quantize_nf4_double(&[], &[0], 64).expect("empty");
+        assert!(d.quantized_absmax.is_empty() && d.nested_absmax.is_empty());
+        assert!(quantize_nf4_double(&[1.0], &[1], 63).is_err());
     }
 }
