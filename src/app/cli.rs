@@ -39,6 +39,8 @@ pub enum Command {
     Train(Box<super::train::TrainArgs>),
     /// Merge a peft adapter into the base and write an HF model folder.
     Merge(MergeArgs),
+    /// Write a bitsandbytes 4-bit (NF4) HF checkpoint of a model.
+    Quantize(super::quantize::QuantizeArgs),
 }
 
 /// Options shared by every command that runs a model.
@@ -152,6 +154,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Bench(a) => crate::bench::cmd_bench(a),
         Command::Train(a) => super::train::cmd_train(*a),
         Command::Merge(a) => super::merge::cmd_merge(a),
+        Command::Quantize(a) => super::quantize::cmd_quantize(a),
     }
 }
 

@@ -47,6 +47,31 @@ pub fn hf_config(c: &LlamaConfig) -> serde_json::Value {
     v
 }
 
+/// Write `tokenizer.json` and `tokenizer_config.json` (chat template + special tokens) into `out`.
+pub fn write_tokenizer_files(
+    tokenizer: Option<&tokenizers::Tokenizer>,
+    template: Option<&crate::io::chat::ChatTemplate>,
+    out: &std::path::Path,
+) -> Result<()> {
+    if let Some(tok) = tokenizer {
+        let text = tok
+            .to_string(true)
+            .map_err(|e| anyhow::anyhow!("tokenizer: {e}"))?;
+        write_atomic(&out.join("tokenizer.json"), text.as_bytes())?;
+    }
+    if let Some(t) = template {
+        let mut cfg = json!({ "chat_template": t.source() });
+        for (k, v) in t.special_tokens() {
+            cfg[*k] = json!(v);
+        }
+        write_atomic(
+            &out.join("tokenizer_config.json"),
+            serde_json::to_string_pretty(&cfg)?.as_bytes(),
+        )?;
+    }
+    Ok(())
+}
+
 /// `wgtune merge --model M --adapter A --out DIR`.
 pub fn cmd_merge(a: MergeArgs) -> Result<()> {
     let mut lm = load(&a.model, &Device::flex())?;
@@ -80,22 +105,7 @@ pub fn cmd_merge(a: MergeArgs) -> Result<()> {
         &a.out.join("config.json"),
         serde_json::to_string_pretty(&hf_config(c))?.as_bytes(),
     )?;
-    if let Some(tok) = &lm.tokenizer {
-        let text = tok
-            .to_string(true)
-            .map_err(|e| anyhow::anyhow!("tokenizer: {e}"))?;
-        write_atomic(&a.out.join("tokenizer.json"), text.as_bytes())?;
-    }
-    if let Some(t) = &lm.chat_template {
-        let mut cfg = json!({ "chat_template": t.source() });
-        for (k, v) in t.special_tokens() {
-            cfg[*k] = json!(v);
-        }
-        write_atomic(
-            &a.out.join("tokenizer_config.json"),
-            serde_json::to_string_pretty(&cfg)?.as_bytes(),
-        )?;
-    }
+    write_tokenizer_files(lm.tokenizer.as_ref(), lm.chat_template.as_ref(), &a.out)?;
     println!(
         "merged {} into {} ({} tensors)",
         a.adapter.display(),

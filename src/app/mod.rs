@@ -4,4 +4,5 @@
 pub mod cli;
 pub mod files;
 pub mod merge;
+pub mod quantize;
 pub mod train;

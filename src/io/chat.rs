@@ -292,7 +292,7 @@ fn json_string(s: &str) -> String {
 }
 
 /// Python's `repr(float)` as json.dumps writes it ("1.0", "1e-05", "1.5e+16", "NaN").
-fn py_float_repr(f: f64) -> String {
+pub(crate) fn py_float_repr(f: f64) -> String {
     if f.is_nan() {
         return "NaN".into();
     }

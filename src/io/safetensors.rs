@@ -43,23 +43,40 @@ pub fn to_host(view: &TensorView<'_>, name: &str, file: &str) -> Result<HostTens
     })
 }
 
+/// One tensor to store: dtype, shape and little-endian bytes.
+pub type RawTensor = (Dtype, Vec<usize>, Vec<u8>);
+
+/// Serialise named tensors of any dtype into safetensors bytes, keys sorted.
+pub fn serialize_raw(
+    tensors: &BTreeMap<String, RawTensor>,
+    metadata: Option<std::collections::HashMap<String, String>>,
+) -> Result<Vec<u8>, safetensors::SafeTensorError> {
+    let views = tensors
+        .iter()
+        .map(|(k, (dtype, shape, bytes))| {
+            Ok((k.clone(), TensorView::new(*dtype, shape.clone(), bytes)?))
+        })
+        .collect::<Result<Vec<_>, safetensors::SafeTensorError>>()?;
+    safetensors::serialize(views, metadata)
+}
+
 /// Serialise named f32 tensors (`(shape, values)`) into safetensors bytes, keys sorted.
 pub fn serialize_f32(
     tensors: &BTreeMap<String, (Vec<usize>, Vec<f32>)>,
     metadata: Option<std::collections::HashMap<String, String>>,
 ) -> Result<Vec<u8>, safetensors::SafeTensorError> {
-    let bytes: Vec<(&String, Vec<u8>, &Vec<usize>)> = tensors
+    let raw = tensors
         .iter()
-        .map(|(k, (shape, v))| (k, bytemuck::cast_slice::<f32, u8>(v).to_vec(), shape))
-        .collect();
-    let views = bytes
-        .iter()
-        .map(|(k, b, shape)| {
-            Ok((
-                (*k).clone(),
-                TensorView::new(Dtype::F32, (*shape).clone(), b)?,
-            ))
+        .map(|(k, (shape, v))| {
+            (
+                k.clone(),
+                (
+                    Dtype::F32,
+                    shape.clone(),
+                    bytemuck::cast_slice::<f32, u8>(v).to_vec(),
+                ),
+            )
         })
-        .collect::<Result<Vec<_>, safetensors::SafeTensorError>>()?;
-    safetensors::serialize(views, metadata)
+        .collect();
+    serialize_raw(&raw, metadata)
 }

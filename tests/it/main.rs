@@ -1,6 +1,7 @@
 //! Integration tests: the engine against reference fixtures from transformers (tests/fixtures/gen.py),
 //! the real SmolLM2 GGUF, and the CLI's handling of bad input.
 
+mod bnb_quantize;
 mod cli_errors;
 mod common;
 mod hf_fixtures;

@@ -1,0 +1,62 @@
+//! `wgtune quantize --format nf4 [--double-quant]` writes exactly what transformers +
+//! bitsandbytes 0.50.2 save for a `load_in_4bit` model (tests/fixtures/gen_bnb.py): every tensor
+//! (packed NF4, absmax, quant maps, nested stats, the quant-state JSON blob, the f32 rest)
+//! byte-identical, and the same `quantization_config`.
+
+use crate::common::*;
+use safetensors::SafeTensors;
+use std::process::Command;
+
+fn check(flag: Option<&str>, reference: &str) {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("q");
+    let model = fixture("tiny_gqa");
+    let mut args = vec![
+        "quantize",
+        "--model",
+        model.to_str().unwrap(),
+        "--format",
+        "nf4",
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    args.extend(flag);
+    let o = Command::new(env!("CARGO_BIN_EXE_wgtune"))
+        .args(&args)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let ours = std::fs::read(out.join("model.safetensors")).unwrap();
+    let theirs = std::fs::read(fixture(reference).join("model.safetensors")).unwrap();
+    let (a, b) = (
+        SafeTensors::deserialize(&ours).unwrap(),
+        SafeTensors::deserialize(&theirs).unwrap(),
+    );
+    let mut names_a = a.names();
+    let mut names_b = b.names();
+    names_a.sort();
+    names_b.sort();
+    assert_eq!(names_a, names_b);
+    for name in names_a {
+        let (x, y) = (a.tensor(name).unwrap(), b.tensor(name).unwrap());
+        assert_eq!((x.dtype(), x.shape()), (y.dtype(), y.shape()), "{name}");
+        assert!(x.data() == y.data(), "{reference}: {name} bytes differ");
+    }
+    let cfg = |p: std::path::PathBuf| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(p.join("config.json")).unwrap()).unwrap()
+    };
+    assert_eq!(
+        cfg(out)["quantization_config"],
+        cfg(fixture(reference))["quantization_config"]
+    );
+}
+
+#[test]
+fn nf4_checkpoint_identical_to_transformers() {
+    check(None, "bnb/nf4");
+}
+
+#[test]
+fn nf4_double_quant_checkpoint_identical_to_transformers() {
+    check(Some("--double-quant"), "bnb/nf4_dq");
+}
