@@ -3,7 +3,7 @@
 
 use super::{FileSource, LoadError, read_json, read_required, safetensors as st};
 use crate::model::llama::{LlamaConfig, RopeScaling};
-use crate::model::weights::Checkpoint;
+use crate::model::weights::{Checkpoint, HostData, HostTensor};
 use serde_json::Value;
 use std::collections::BTreeMap;
 
@@ -199,8 +199,19 @@ pub fn load_folder(src: &dyn FileSource) -> Result<(LlamaConfig, Checkpoint), Lo
         let file = src.display(shard);
         let tensors = st::parse((*blob).as_ref(), &file)?;
         for (name, view) in tensors.iter() {
-            ckpt.tensors
-                .insert(name.to_string(), st::to_host(&view, name, &file)?);
+            if crate::quant::bnb::is_quant_aux(name) {
+                continue;
+            }
+            let host = match crate::quant::bnb::read_nf4(&tensors, name)
+                .map_err(|msg| LoadError::invalid(&file, msg))?
+            {
+                Some(t) => HostTensor {
+                    shape: t.shape.clone(),
+                    data: HostData::Nf4(t),
+                },
+                None => st::to_host(&view, name, &file)?,
+            };
+            ckpt.tensors.insert(name.to_string(), host);
         }
     }
     Ok((config, ckpt))

@@ -10,6 +10,8 @@ use std::collections::BTreeMap;
 pub enum HostData {
     /// Dense f32 values, row-major.
     F32(Vec<f32>),
+    /// bitsandbytes NF4 (flat row-major blocks, fp32 absmax recovered from double quant if any).
+    Nf4(crate::quant::nf4::Nf4Tensor),
     /// ggml-quantized rows: each row of `shape[1]` values is `row_bytes` bytes of blocks.
     Ggml {
         /// Block format.
@@ -38,6 +40,7 @@ impl HostTensor {
     pub fn type_name(&self) -> &'static str {
         match &self.data {
             HostData::F32(_) => "F32",
+            HostData::Nf4(_) => "NF4",
             HostData::Ggml { ty, .. } => ty.name(),
         }
     }
@@ -46,15 +49,19 @@ impl HostTensor {
     pub fn stored_bytes(&self) -> usize {
         match &self.data {
             HostData::F32(v) => v.len() * 4,
+            HostData::Nf4(t) => t.packed.len() + t.absmax.len() * 4,
             HostData::Ggml { bytes, .. } => bytes.len(),
         }
     }
 
     /// The values as f32: the single dequantize-on-load point for quantized tensors.
-    pub fn to_f32(&self) -> Result<Vec<f32>, ggml::GgmlError> {
+    pub fn to_f32(&self) -> Result<Vec<f32>, String> {
         match &self.data {
             HostData::F32(v) => Ok(v.clone()),
-            HostData::Ggml { ty, bytes } => ggml::dequantize(*ty, bytes, self.numel()),
+            HostData::Nf4(t) => crate::quant::nf4::dequantize_nf4(t).map_err(|e| e.to_string()),
+            HostData::Ggml { ty, bytes } => {
+                ggml::dequantize(*ty, bytes, self.numel()).map_err(|e| e.to_string())
+            }
         }
     }
 }

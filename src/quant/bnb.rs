@@ -120,6 +120,112 @@ pub fn quantization_config(double_quant: bool) -> serde_json::Value {
     })
 }
 
+/// Whether `name` is one of the auxiliary tensors bnb stores beside a quantized `*.weight`.
+pub fn is_quant_aux(name: &str) -> bool {
+    name.contains(".quant_state.")
+        || [
+            ".absmax",
+            ".quant_map",
+            ".nested_absmax",
+            ".nested_quant_map",
+        ]
+        .iter()
+        .any(|s| name.ends_with(s))
+}
+
+/// Read the bnb 4-bit tensor `name` from a safetensors file, if it is one (`Ok(None)` otherwise).
+/// NF4 only; the packed bytes stay packed, double-quantized scales are recovered to f32.
+pub fn read_nf4(
+    st: &safetensors::SafeTensors<'_>,
+    name: &str,
+) -> Result<Option<crate::quant::nf4::Nf4Tensor>, String> {
+    let state_key = format!("{name}.quant_state.bitsandbytes__nf4");
+    let Ok(state) = st.tensor(&state_key) else {
+        if st
+            .tensor(&format!("{name}.quant_state.bitsandbytes__fp4"))
+            .is_ok()
+        {
+            return Err(format!(
+                "`{name}` is bitsandbytes FP4; only NF4 is supported"
+            ));
+        }
+        return Ok(None);
+    };
+    let json: serde_json::Value =
+        serde_json::from_slice(state.data()).map_err(|e| format!("`{state_key}`: {e}"))?;
+    let field = |k: &str| {
+        json.get(k)
+            .ok_or_else(|| format!("`{state_key}` has no `{k}`"))
+    };
+    let blocksize = field("blocksize")?
+        .as_u64()
+        .ok_or("blocksize is not an integer")? as usize;
+    let shape: Vec<usize> = field("shape")?
+        .as_array()
+        .ok_or("shape is not a list")?
+        .iter()
+        .map(|d| {
+            d.as_u64()
+                .map(|d| d as usize)
+                .ok_or("shape holds a non-integer")
+        })
+        .collect::<Result<_, _>>()?;
+    let tensor = |k: &str| {
+        st.tensor(&format!("{name}.{k}"))
+            .map_err(|_| format!("missing `{name}.{k}`"))
+    };
+    let f32s = |k: &str| -> Result<Vec<f32>, String> {
+        let t = tensor(k)?;
+        if t.dtype() != Dtype::F32 {
+            return Err(format!("`{name}.{k}` must be F32, found {:?}", t.dtype()));
+        }
+        Ok(bytemuck::pod_collect_to_vec(t.data()))
+    };
+    if f32s("quant_map")?
+        .iter()
+        .zip(NF4_CODE)
+        .any(|(a, b)| a.to_bits() != b.to_bits())
+    {
+        return Err(format!("`{name}.quant_map` is not the NF4 code"));
+    }
+    let absmax = match json
+        .get("nested_offset")
+        .and_then(serde_json::Value::as_f64)
+    {
+        Some(offset) => {
+            let nested_blocksize = field("nested_blocksize")?
+                .as_u64()
+                .ok_or("nested_blocksize")? as usize;
+            let q = tensor("absmax")?;
+            crate::quant::nf4::dequantize_absmax_dq(
+                q.data(),
+                &f32s("nested_absmax")?,
+                &f32s("nested_quant_map")?,
+                offset as f32,
+                nested_blocksize,
+            )
+            .map_err(|e| format!("`{name}`: {e}"))?
+        }
+        None => f32s("absmax")?,
+    };
+    let packed = st.tensor(name).map_err(|_| format!("missing `{name}`"))?;
+    if packed.dtype() != Dtype::U8 {
+        return Err(format!(
+            "`{name}` must be packed U8, found {:?}",
+            packed.dtype()
+        ));
+    }
+    let packed = packed.data().to_vec();
+    let t = crate::quant::nf4::Nf4Tensor {
+        packed,
+        absmax,
+        shape,
+        blocksize,
+    };
+    crate::quant::nf4::dequantize_nf4(&t).map_err(|e| format!("`{name}`: {e}"))?;
+    Ok(Some(t))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
