@@ -52,6 +52,9 @@ pub struct ModelArgs {
     /// auto (wgpu on a real GPU, else CPU), wgpu, or cpu.
     #[arg(long, default_value = "auto")]
     pub backend: BackendChoice,
+    /// Quantize the base on load (nf4: decoder-block linears to bitsandbytes NF4).
+    #[arg(long)]
+    pub quantize: Option<String>,
 }
 
 /// `wgtune generate`.
@@ -166,15 +169,19 @@ pub fn pick_backend(choice: BackendChoice) -> Result<SelectedBackend> {
 }
 
 /// Load the model at `path` onto `device`.
-pub fn load(path: &Path, device: &burn::tensor::Device) -> Result<LoadedModel> {
+pub fn load(
+    path: &Path,
+    device: &burn::tensor::Device,
+    quantize: Option<&str>,
+) -> Result<LoadedModel> {
     let mut dir: Option<DirSource> = None;
     let src = model_source(path, &mut dir)?;
-    Ok(load_model(src, device)?)
+    Ok(load_model(src, device, quantize)?)
 }
 
 fn cmd_generate(a: GenerateArgs) -> Result<()> {
     let backend = pick_backend(a.model.backend)?;
-    let mut lm = load(&a.model.model, &backend.device)?;
+    let mut lm = load(&a.model.model, &backend.device, a.model.quantize.as_deref())?;
     if let Some(dir) = &a.adapter {
         crate::io::peft::load_adapter(&DirSource::new(dir), &mut lm.model)?;
     }
@@ -275,7 +282,7 @@ fn cmd_eval(a: EvalArgs) -> Result<()> {
     } else {
         backend.device.clone()
     };
-    let mut lm = load(&a.model.model, &device)?;
+    let mut lm = load(&a.model.model, &device, a.model.quantize.as_deref())?;
     if let Some(dir) = &a.adapter {
         crate::io::peft::load_adapter(&DirSource::new(dir), &mut lm.model)?;
         let n = crate::adapters::named_parameters(&lm.model).len();

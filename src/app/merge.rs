@@ -74,7 +74,7 @@ pub fn write_tokenizer_files(
 
 /// `wgtune merge --model M --adapter A --out DIR`.
 pub fn cmd_merge(a: MergeArgs) -> Result<()> {
-    let mut lm = load(&a.model, &Device::flex())?;
+    let mut lm = load(&a.model, &Device::flex(), None)?;
     load_adapter(&DirSource::new(&a.adapter), &mut lm.model)?;
     for block in lm.model.layers.iter_mut() {
         for (_, lin) in block.linears_mut() {

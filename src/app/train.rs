@@ -96,7 +96,12 @@ pub fn cmd_train(a: TrainArgs) -> Result<()> {
             .parse()
             .map_err(anyhow::Error::msg)?,
     )?;
-    let mut lm = load(&model_path, &backend.device.clone().autodiff())?;
+    let quantize = run.base_quantization();
+    let mut lm = load(
+        &model_path,
+        &backend.device.clone().autodiff(),
+        quantize.as_deref(),
+    )?;
     let data = read_data(&run, &data_path, &lm)?;
     let seed = run.seed.unwrap_or(42);
     let (train, eval) = split_eval(data, run.eval_split.unwrap_or(0.0), seed);

@@ -30,7 +30,7 @@ pub fn cmd_bench(a: BenchArgs) -> Result<()> {
         bail!("--seq and --iters must be positive");
     }
     let backend = pick_backend(a.model.backend)?;
-    let lm = load(&a.model.model, &backend.device)?;
+    let lm = load(&a.model.model, &backend.device, a.model.quantize.as_deref())?;
     let vocab = lm.model.config.vocab_size as u32;
     let ids: Vec<u32> = (0..a.seq as u32).map(|i| (i * 7919 + 13) % vocab).collect();
     let forward = || -> Result<f64> {

@@ -58,9 +58,40 @@ pub fn read_model(src: ModelSource<'_>) -> Result<ModelFiles, LoadError> {
     }
 }
 
-/// Read and upload a model in one go.
-pub fn load_model(src: ModelSource<'_>, device: &Device) -> Result<LoadedModel, LoadError> {
-    let files = read_model(src)?;
+/// Quantize the base on load: every decoder-block linear stored in f32 becomes NF4 (bitsandbytes,
+/// blocksize 64), as transformers' `load_in_4bit` does; GGUF-quantized tensors stay as they are.
+pub fn quantize_base(files: &mut ModelFiles, format: &str) -> Result<usize, LoadError> {
+    if format != "nf4" {
+        return Err(LoadError::invalid(
+            &files.checkpoint.origin,
+            format!("unknown --quantize `{format}` (supported: nf4)"),
+        ));
+    }
+    let mut n = 0;
+    for (name, t) in files.checkpoint.tensors.iter_mut() {
+        if let (true, HostData::F32(v)) =
+            (crate::quant::bnb::is_quantized_by_default(name), &t.data)
+        {
+            let q = crate::quant::nf4::quantize_nf4_shaped(v, &t.shape, 64).map_err(|e| {
+                LoadError::invalid(&files.checkpoint.origin, format!("{name}: {e}"))
+            })?;
+            t.data = HostData::Nf4(q);
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+/// Read and upload a model in one go, optionally quantizing the base (`quantize = Some("nf4")`).
+pub fn load_model(
+    src: ModelSource<'_>,
+    device: &Device,
+    quantize: Option<&str>,
+) -> Result<LoadedModel, LoadError> {
+    let mut files = read_model(src)?;
+    if let Some(format) = quantize {
+        quantize_base(&mut files, format)?;
+    }
     let model = build_llama(&files.config, &files.checkpoint, device)?;
     Ok(LoadedModel {
         model,

@@ -22,9 +22,12 @@ pub struct RunConfig {
     /// Output folder (adapter, checkpoint, metrics.jsonl).
     #[arg(long)]
     pub out: Option<String>,
-    /// Adapter method: lora or oft.
+    /// Adapter method: lora, oft, qlora (LoRA over an NF4 base) or qoft (OFT over an NF4 base).
     #[arg(long)]
     pub method: Option<String>,
+    /// Quantize the base on load (nf4); implied by qlora / qoft.
+    #[arg(long)]
+    pub quantize: Option<String>,
     /// LoRA rank.
     #[arg(long)]
     pub r: Option<usize>,
@@ -165,13 +168,13 @@ impl RunConfig {
             None => TARGET_MODULES.iter().map(|s| s.to_string()).collect(),
         };
         let method = match self.method.as_deref().unwrap_or("lora") {
-            "lora" => Method::Lora(LoraConfig {
+            "lora" | "qlora" => Method::Lora(LoraConfig {
                 r: self.r.unwrap_or(8),
                 lora_alpha: self.lora_alpha.unwrap_or(16.0),
                 lora_dropout: self.lora_dropout.unwrap_or(0.0),
                 use_rslora: self.use_rslora.unwrap_or(false),
             }),
-            "oft" => Method::Oft(OftConfig {
+            "oft" | "qoft" => Method::Oft(OftConfig {
                 oft_block_size: self.oft_block_size.unwrap_or(32),
                 r: 0,
                 use_cayley_neumann: !self.exact_cayley.unwrap_or(false),
@@ -182,7 +185,7 @@ impl RunConfig {
                 module_dropout: 0.0,
                 weight_centric: self.oft_v1.unwrap_or(false),
             }),
-            other => return Err(format!("unknown method `{other}` (lora, oft)")),
+            other => return Err(format!("unknown method `{other}` (lora, oft, qlora, qoft)")),
         };
         let cfg = AdapterConfig {
             method,
@@ -190,6 +193,14 @@ impl RunConfig {
         };
         cfg.validate().map_err(|e| e.to_string())?;
         Ok(cfg)
+    }
+
+    /// How to quantize the base on load: `--quantize`, or NF4 for the q-methods.
+    pub fn base_quantization(&self) -> Option<String> {
+        let q_method = matches!(self.method.as_deref(), Some("qlora" | "qoft"));
+        self.quantize
+            .clone()
+            .or_else(|| q_method.then(|| "nf4".to_string()))
     }
 
     /// Optimisation settings for `total_steps` steps.

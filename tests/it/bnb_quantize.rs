@@ -93,3 +93,63 @@ fn transformers_bnb_checkpoints_load() {
         assert!(d < 1e-4, "{case}/{backend}: logits differ by {d}");
     }
 }
+
+/// `--quantize nf4` on load gives the same model as the transformers-saved NF4 checkpoint, and
+/// `train --method qlora` trains LoRA over it (a peft LORA adapter).
+#[test]
+fn quantize_on_load_and_qlora() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dump = tmp.path().join("d.safetensors");
+    let (model, data) = (fixture("tiny_gqa"), fixture("tiny_gqa/data.jsonl"));
+    let (m, d) = (model.to_str().unwrap(), data.to_str().unwrap());
+    let run = |args: &[&str]| {
+        let o = Command::new(env!("CARGO_BIN_EXE_wgtune"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    };
+    run(&[
+        "eval",
+        "--backend",
+        "cpu",
+        "--model",
+        m,
+        "--quantize",
+        "nf4",
+        "--data",
+        d,
+        "--dump",
+        dump.to_str().unwrap(),
+    ]);
+    let got = read_tensors(&dump);
+    let want = read_tensors(&fixture("bnb/expected.safetensors"));
+    let diff = max_abs_diff(&got.f32["logits"].1, &want.f32["nf4/logits_ref"].1);
+    assert!(diff < 1e-4, "quantize-on-load logits differ by {diff}");
+    let out = tmp.path().join("qlora");
+    run(&[
+        "train",
+        "--no-gui",
+        "--backend",
+        "cpu",
+        "--model",
+        m,
+        "--data",
+        d,
+        "--out",
+        out.to_str().unwrap(),
+        "--method",
+        "qlora",
+        "--r",
+        "4",
+        "--steps",
+        "3",
+        "--lr",
+        "0.01",
+        "--batch-size",
+        "2",
+    ]);
+    let cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("adapter_config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["peft_type"], "LORA");
+}

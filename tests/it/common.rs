@@ -89,7 +89,7 @@ pub fn device(backend: &str) -> Device {
 /// Load an HF fixture folder onto `device`.
 pub fn load_hf(dir: &Path, device: &Device) -> LoadedModel {
     let src = DirSource::new(dir);
-    load_model(ModelSource::HfFolder(&src), device).unwrap_or_else(|e| panic!("{e}"))
+    load_model(ModelSource::HfFolder(&src), device, None).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Largest absolute difference; panics on length mismatch.

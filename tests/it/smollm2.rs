@@ -18,7 +18,7 @@ fn model() -> &'static LoadedModel {
     M.get_or_init(|| {
         let mut dir: Option<DirSource> = None;
         let src = model_source(&asset(GGUF), &mut dir).unwrap();
-        load_model(src, &device("cpu")).unwrap()
+        load_model(src, &device("cpu"), None).unwrap()
     })
 }
 
