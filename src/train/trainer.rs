@@ -126,13 +126,17 @@ impl Trainer {
             .map(|(_, t)| t)
             .collect();
         let mut grads: Vec<Option<Tensor<2>>> = vec![None; params.len()];
-        let mut loss_sum = 0.0f64;
+        let mut loss_total: Option<Tensor<1>> = None;
         for batch in micro {
             let logits = self.model.forward(&batch.input_ids, None)?;
             let (loss, count) = causal_lm_loss(logits, &batch.labels)?;
             let weighted = loss.mul_scalar(count as f64 / scored as f64);
             let g = weighted.backward();
-            loss_sum += read_f32(weighted.detach()).await?[0] as f64;
+            let value = weighted.detach().inner();
+            loss_total = Some(match loss_total.take() {
+                Some(total) => total + value,
+                None => value,
+            });
             for (acc, p) in grads.iter_mut().zip(&params) {
                 let gi = p.grad(&g).unwrap_or_else(|| p.clone().inner().zeros_like());
                 *acc = Some(match acc.take() {
@@ -149,6 +153,11 @@ impl Trainer {
                 .map(|(g, m)| g * m.clone())
                 .collect();
         }
+        // One readback for the whole step (not one per micro-batch).
+        let loss_sum = match loss_total {
+            Some(total) => read_f32(total).await?[0] as f64,
+            None => return Err(TrainError::EmptyStep),
+        };
         if !loss_sum.is_finite() {
             return Err(TrainError::NonFinite {
                 what: "loss",

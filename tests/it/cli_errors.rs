@@ -18,6 +18,13 @@ fn wgtune(args: &[&str]) -> (i32, String) {
     )
 }
 
+/// `wgtune eval --backend cpu --model MODEL --data DATA extra…`.
+fn eval_args<'a>(model: &'a str, data: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut v = vec!["eval", "--backend", "cpu", "--model", model, "--data", data];
+    v.extend_from_slice(extra);
+    v
+}
+
 /// Assert a clean failure whose error line contains every `needle`.
 fn assert_fails(args: &[&str], needles: &[&str]) {
     let (code, err) = wgtune(args);
@@ -79,15 +86,7 @@ fn missing_tensor() {
     });
     let data = fixture("tiny_gqa/data.jsonl");
     assert_fails(
-        &[
-            "eval",
-            "--backend",
-            "cpu",
-            "--model",
-            s(&dir),
-            "--data",
-            s(&data),
-        ],
+        &eval_args(s(&dir), s(&data), &[]),
         &["missing tensor", "model.layers.1.mlp.up_proj.weight"],
     );
 }
@@ -101,15 +100,7 @@ fn wrong_shape() {
     });
     let data = fixture("tiny_gqa/data.jsonl");
     assert_fails(
-        &[
-            "eval",
-            "--backend",
-            "cpu",
-            "--model",
-            s(&dir),
-            "--data",
-            s(&data),
-        ],
+        &eval_args(s(&dir), s(&data), &[]),
         &["model.layers.0.self_attn.k_proj.weight", "shape"],
     );
 }
@@ -199,30 +190,11 @@ fn invalid_jsonl_line() {
     .unwrap();
     let model = fixture("tiny_gqa");
     assert_fails(
-        &[
-            "eval",
-            "--backend",
-            "cpu",
-            "--model",
-            s(&model),
-            "--data",
-            s(&data),
-        ],
+        &eval_args(s(&model), s(&data), &[]),
         &["bad.jsonl:2", "JSON"],
     );
     std::fs::write(&data, "{\"input_ids\": [1, 2, 999]}\n").unwrap();
-    assert_fails(
-        &[
-            "eval",
-            "--backend",
-            "cpu",
-            "--model",
-            s(&model),
-            "--data",
-            s(&data),
-        ],
-        &["999", "vocabulary"],
-    );
+    assert_fails(&eval_args(s(&model), s(&data), &[]), &["999", "vocabulary"]);
     std::fs::write(
         &data,
         "{\"input_ids\": [1, 2, 3]}\n{\"input_ids\": [4, 5]}\n",
@@ -230,29 +202,11 @@ fn invalid_jsonl_line() {
     .unwrap();
     let dump = tmp.path().join("d.safetensors");
     assert_fails(
-        &[
-            "eval",
-            "--backend",
-            "cpu",
-            "--model",
-            s(&model),
-            "--data",
-            s(&data),
-            "--dump",
-            s(&dump),
-        ],
+        &eval_args(s(&model), s(&data), &["--dump", s(&dump)]),
         &["equal lengths"],
     );
     assert_fails(
-        &[
-            "eval",
-            "--backend",
-            "cpu",
-            "--model",
-            s(&model),
-            "--data",
-            s(&tmp.path().join("nope.jsonl")),
-        ],
+        &eval_args(s(&model), s(&tmp.path().join("nope.jsonl")), &[]),
         &["nope.jsonl"],
     );
 }
@@ -263,17 +217,7 @@ fn eval_dump_matches_fixture() {
     let dump = tmp.path().join("dump.safetensors");
     let model = fixture("tiny_gqa");
     let data = fixture("tiny_gqa/data.jsonl");
-    let (code, err) = wgtune(&[
-        "eval",
-        "--backend",
-        "cpu",
-        "--model",
-        s(&model),
-        "--data",
-        s(&data),
-        "--dump",
-        s(&dump),
-    ]);
+    let (code, err) = wgtune(&eval_args(s(&model), s(&data), &["--dump", s(&dump)]));
     assert_eq!(code, 0, "{err}");
     let got = read_tensors(&dump);
     let want = read_tensors(&model.join("expected.safetensors"));
@@ -295,17 +239,7 @@ fn unsupported_peft_type_is_refused() {
     let model = fixture("tiny_gqa");
     let data = fixture("tiny_gqa/data.jsonl");
     assert_fails(
-        &[
-            "eval",
-            "--backend",
-            "cpu",
-            "--model",
-            s(&model),
-            "--data",
-            s(&data),
-            "--adapter",
-            s(&adapter),
-        ],
+        &eval_args(s(&model), s(&data), &["--adapter", s(&adapter)]),
         &["adapter_config.json", "IA3", "not supported"],
     );
 }
@@ -317,20 +251,11 @@ fn eval_grads_dump_matches_peft() {
     let (model, data) = (fixture("tiny_gqa"), fixture("tiny_gqa/data.jsonl"));
     let case = fixture("peft/oft_exact");
     let adapter = case.join("adapter");
-    let (code, err) = wgtune(&[
-        "eval",
-        "--backend",
-        "cpu",
-        "--model",
+    let (code, err) = wgtune(&eval_args(
         s(&model),
-        "--data",
         s(&data),
-        "--adapter",
-        s(&adapter),
-        "--grads",
-        "--dump",
-        s(&dump),
-    ]);
+        &["--adapter", s(&adapter), "--grads", "--dump", s(&dump)],
+    ));
     assert_eq!(code, 0, "{err}");
     let got = read_tensors(&dump);
     let want = read_tensors(&case.join("expected.safetensors"));
