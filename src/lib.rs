@@ -8,6 +8,7 @@
 pub mod adapters;
 pub mod backend;
 pub mod io;
+pub mod kernels;
 pub mod model;
 pub mod quant;
 pub mod train;

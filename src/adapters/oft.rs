@@ -296,7 +296,7 @@ impl Adapter for Oft {
     fn forward(&self, x: Tensor<3>, base: &BaseLinear) -> Tensor<3> {
         match self.form {
             OftForm::InputCentric => base.forward(self.rotate(x)),
-            OftForm::WeightCentric => BaseLinear::Dense(self.merge(base.dense())).forward(x),
+            OftForm::WeightCentric => BaseLinear::Dense(self.merge(&base.dense())).forward(x),
         }
     }
 

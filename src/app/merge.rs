@@ -79,7 +79,7 @@ pub fn cmd_merge(a: MergeArgs) -> Result<()> {
     for block in lm.model.layers.iter_mut() {
         for (_, lin) in block.linears_mut() {
             if let Some(ad) = lin.adapter.take() {
-                lin.base = BaseLinear::Dense(ad.merge(lin.base.dense()));
+                lin.base = BaseLinear::Dense(ad.merge(&lin.base.dense()));
             }
         }
     }

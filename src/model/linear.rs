@@ -2,6 +2,7 @@
 //! optional adapter. Every projection of the model goes through [`AdaptedLinear::forward`], so an
 //! adapter method plugs in by implementing [`Adapter`] and nothing else in the model changes.
 
+use crate::kernels::qmatmul::PackedWeight;
 use burn::tensor::Tensor;
 
 /// The frozen base weight of a linear layer, `[out, in]` as in HF.
@@ -9,6 +10,8 @@ use burn::tensor::Tensor;
 pub enum BaseLinear {
     /// Dense f32 weight on the device.
     Dense(Tensor<2>),
+    /// Block-quantized weight kept packed on the GPU, multiplied by our fused WGSL kernel.
+    Packed(PackedWeight),
 }
 
 impl BaseLinear {
@@ -22,6 +25,11 @@ impl BaseLinear {
                     .matmul(w.clone().transpose())
                     .reshape([b, t, out])
             }
+            BaseLinear::Packed(w) => {
+                let [b, t, i] = x.dims();
+                w.matmul_t(x.reshape([b * t, i]))
+                    .reshape([b, t, w.layout.n])
+            }
         }
     }
 
@@ -29,13 +37,16 @@ impl BaseLinear {
     pub fn dims(&self) -> [usize; 2] {
         match self {
             BaseLinear::Dense(w) => w.dims(),
+            BaseLinear::Packed(w) => [w.layout.n, w.layout.k],
         }
     }
 
-    /// The dense weight tensor (for merging, gradients of the base in tests, and dumps).
-    pub fn dense(&self) -> &Tensor<2> {
+    /// The dense weight (for merging, the weight-centric OFT baseline, gradients of the base in
+    /// tests, and dumps); a packed weight is dequantized on the device for the occasion.
+    pub fn dense(&self) -> Tensor<2> {
         match self {
-            BaseLinear::Dense(w) => w,
+            BaseLinear::Dense(w) => w.clone(),
+            BaseLinear::Packed(w) => w.dequantize(),
         }
     }
 }

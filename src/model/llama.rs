@@ -185,7 +185,7 @@ impl Llama {
                 b.input_layernorm.clone().unsqueeze(),
             ));
             for (n, lin) in b.linears() {
-                out.push((format!("{p}.{n}.weight"), lin.base.dense().clone()));
+                out.push((format!("{p}.{n}.weight"), lin.base.dense()));
             }
             out.push((
                 format!("{p}.post_attention_layernorm.weight"),

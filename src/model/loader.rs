@@ -3,13 +3,14 @@
 //! against the config, then uploaded as a [`Llama`].
 
 use super::attention::Attention;
-use super::linear::AdaptedLinear;
+use super::linear::{AdaptedLinear, BaseLinear};
 use super::llama::{Block, Llama, LlamaConfig, Mlp, config_inv_freq};
 use super::weights::{Checkpoint, HostData, HostTensor};
 use crate::io::chat::ChatTemplate;
 use crate::io::gguf::{Gguf, MetaValue};
 use crate::io::tokenizer::tokenizer_from_gguf;
 use crate::io::{Blob, FileSource, LoadError, hf};
+use crate::kernels::qmatmul::PackedWeight;
 use burn::tensor::{Device, Tensor, TensorData};
 use std::collections::BTreeMap;
 
@@ -332,7 +333,8 @@ fn read_gguf(bytes: &[u8], file: &str) -> Result<ModelFiles, LoadError> {
     })
 }
 
-/// Check every expected tensor exists with the right shape, then upload to `device`.
+/// Check every expected tensor exists with the right shape, then upload to `device`
+/// (block-quantized decoder linears stay packed on GPU devices).
 pub fn build_llama(
     config: &LlamaConfig,
     ckpt: &Checkpoint,
@@ -348,6 +350,9 @@ pub fn build_llama(
             device,
         ))
     };
+    // Quantized decoder linears stay packed where our WGSL kernels run; elsewhere (the CPU
+    // backend) and for layouts the kernel does not read they are dequantized on upload.
+    let packed = crate::kernels::has_wgsl_kernels(device);
     let embed_tokens = get2("model.embed_tokens.weight")?;
     let lm_head = if config.tie_word_embeddings {
         None
@@ -357,7 +362,16 @@ pub fn build_llama(
     let mut layers = Vec::with_capacity(config.num_hidden_layers);
     for l in 0..config.num_hidden_layers {
         let p = format!("model.layers.{l}");
-        let lin = |m: &str| get2(&format!("{p}.{m}.weight")).map(AdaptedLinear::new);
+        let lin = |m: &str| -> Result<AdaptedLinear, LoadError> {
+            let name = format!("{p}.{m}.weight");
+            match ckpt.take_packed(&name, &expected[&name]).filter(|_| packed) {
+                Some(host) => Ok(AdaptedLinear {
+                    base: BaseLinear::Packed(PackedWeight::upload(&host, device)),
+                    adapter: None,
+                }),
+                None => get2(&name).map(AdaptedLinear::new),
+            }
+        };
         let self_attn = Attention {
             q_proj: lin("self_attn.q_proj")?,
             k_proj: lin("self_attn.k_proj")?,

@@ -1,7 +1,8 @@
-//! Host-side weights in HF layout and naming, before they go to a device. Quantized GGUF tensors
-//! stay quantized here; [`HostTensor::to_f32`] is the one place they are dequantized (the
-//! quantization issue replaces it with fused GPU kernels that keep them packed on the device).
+//! Host-side weights in HF layout and naming, before they go to a device. Quantized tensors stay
+//! packed here; [`HostTensor::to_f32`] dequantizes them for dense upload (CPU backend) and
+//! [`Checkpoint::take_packed`] re-lays them for the fused GPU kernel.
 
+use crate::kernels::qmatmul::PackedHost;
 use crate::quant::ggml::{self, GgmlType};
 use std::collections::BTreeMap;
 
@@ -97,5 +98,18 @@ impl Checkpoint {
         }
         t.to_f32()
             .map_err(|e| LoadError::invalid(file, format!("tensor `{name}`: {e}")))
+    }
+
+    /// The tensor `name` in the fused kernel's packed layout, when it is stored block-quantized
+    /// with shape `want` in a layout the kernel reads (otherwise `None`: callers upload it dense).
+    pub fn take_packed(&self, name: &str, want: &[usize]) -> Option<PackedHost> {
+        let t = self.tensors.get(name).filter(|t| t.shape == want)?;
+        match (&t.data, want) {
+            (HostData::Nf4(q), _) => PackedHost::from_nf4(q).ok(),
+            (HostData::Ggml { ty, bytes }, [n, k]) => {
+                PackedHost::from_ggml(*ty, bytes, *n, *k).ok()
+            }
+            _ => None,
+        }
     }
 }

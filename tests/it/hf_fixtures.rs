@@ -56,7 +56,7 @@ fn track(model: &mut Llama, names: &[&str]) -> Vec<(String, Leaf)> {
                         .into_iter()
                         .find(|(n, _)| *n == module)
                         .unwrap();
-                    let w = lin.base.dense().clone().require_grad();
+                    let w = lin.base.dense().require_grad();
                     lin.base = BaseLinear::Dense(w.clone());
                     Leaf::Matrix(w)
                 }

@@ -5,6 +5,7 @@ mod bnb_quantize;
 mod cli_errors;
 mod common;
 mod hf_fixtures;
+mod kernels;
 mod peft_fixtures;
 mod smollm2;
 mod train_cli;

@@ -73,7 +73,8 @@ fn check_case(case: &str, backend: &str) {
     for (mb, ab) in merged.model.layers.iter_mut().zip(&lm.model.layers) {
         for ((_, m), (_, a)) in mb.linears_mut().into_iter().zip(ab.linears()) {
             if let Some(ad) = &a.adapter {
-                m.base = wgtune::model::linear::BaseLinear::Dense(ad.merge(a.base.dense()).inner());
+                m.base =
+                    wgtune::model::linear::BaseLinear::Dense(ad.merge(&a.base.dense()).inner());
             }
         }
     }

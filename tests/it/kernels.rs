@@ -1,0 +1,160 @@
+//! Our WGSL kernels: every shader validates with naga (all template variants), and the fused
+//! quantized matmul equals the dense reference (dequantize, then matmul in f64) on odd shapes in
+//! both directions and through autodiff, on wgpu.
+
+use crate::common::{block, device};
+use burn::tensor::{Device, Tensor, TensorData};
+use wgtune::backend::{BackendChoice, select};
+use wgtune::kernels::qmatmul::{PackedHost, PackedWeight, QLayout, fill_template};
+use wgtune::kernels::{SHADERS, has_wgsl_kernels};
+use wgtune::model::read_f32;
+use wgtune::quant::ggml::GgmlType;
+use wgtune::quant::nf4::quantize_nf4;
+
+/// Deterministic values in [-1, 1) with a few large outliers.
+fn values(n: usize, seed: u32) -> Vec<f32> {
+    let mut s = seed;
+    (0..n)
+        .map(|i| {
+            s = s.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            let v = (s >> 8) as f32 / (1u32 << 24) as f32 * 2.0 - 1.0;
+            if i % 97 == 0 { v * 8.0 } else { v }
+        })
+        .collect()
+}
+
+/// One packed weight per format, `[n, k]`.
+fn weights(n: usize, k: usize) -> Vec<PackedHost> {
+    let mut nf4 = quantize_nf4(&values(n * k, 7), 64).unwrap();
+    nf4.shape = vec![n, k];
+    let mut out = vec![PackedHost::from_nf4(&nf4).unwrap()];
+    for (i, ty) in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0]
+        .into_iter()
+        .enumerate()
+    {
+        // Real ggml blocks: f16 scale (and min) in a sane range, arbitrary codes.
+        let row = ty.row_bytes(k).unwrap();
+        let mut bytes = Vec::with_capacity(n * row);
+        let v = values(n * row, 11 + i as u32);
+        for (j, x) in v.iter().enumerate() {
+            let at = j % ty.block_bytes();
+            let scalar_bytes = if ty == GgmlType::Q4_1 { 4 } else { 2 };
+            if at < scalar_bytes && at % 2 == 0 {
+                let h = half::f16::from_f32(x * 0.05).to_le_bytes();
+                bytes.extend_from_slice(&h);
+            } else if at >= scalar_bytes {
+                bytes.push(((x + 1.0) * 127.9) as u8);
+            }
+        }
+        out.push(PackedHost::from_ggml(ty, &bytes, n, k).unwrap());
+    }
+    out
+}
+
+/// `a [m, r] · b [r, c]` in f64, b given as a function.
+fn reference(a: &[f32], m: usize, r: usize, c: usize, b: impl Fn(usize, usize) -> f32) -> Vec<f32> {
+    let mut out = vec![0f32; m * c];
+    for i in 0..m {
+        for j in 0..c {
+            let s: f64 = (0..r).map(|t| a[i * r + t] as f64 * b(t, j) as f64).sum();
+            out[i * c + j] = s as f32;
+        }
+    }
+    out
+}
+
+/// Largest difference relative to the largest reference magnitude.
+fn rel_err(got: &[f32], want: &[f32]) -> f32 {
+    assert_eq!(got.len(), want.len());
+    let scale = want.iter().fold(0f32, |a, b| a.max(b.abs())).max(1e-30);
+    got.iter()
+        .zip(want)
+        .fold(0f32, |a, (g, w)| a.max((g - w).abs()))
+        / scale
+}
+
+fn upload(v: Vec<f32>, shape: [usize; 2], device: &Device) -> Tensor<2> {
+    Tensor::from_data(TensorData::new(v, shape), device)
+}
+
+#[test]
+fn every_shader_validates_with_naga() {
+    let variants: Vec<(QLayout, bool)> = weights(2, 64)
+        .iter()
+        .flat_map(|w| [(w.layout, false), (w.layout, true)])
+        .collect();
+    for (file, text) in SHADERS {
+        for (layout, input_grad) in &variants {
+            let src = fill_template(
+                burn::backend::wgpu::SourceTemplate::new(*text),
+                layout,
+                *input_grad,
+            )
+            .complete();
+            let module = naga::front::wgsl::parse_str(&src)
+                .unwrap_or_else(|e| panic!("{file}: {}", e.emit_to_string(&src)));
+            naga::valid::Validator::new(
+                naga::valid::ValidationFlags::all(),
+                naga::valid::Capabilities::default(),
+            )
+            .validate(&module)
+            .unwrap_or_else(|e| panic!("{file} {layout:?} {input_grad}: {e:?}"));
+        }
+    }
+}
+
+#[test]
+fn fused_qmatmul_equals_dense_reference_on_wgpu() {
+    let device = device("wgpu");
+    assert!(has_wgsl_kernels(&device));
+    assert!(!has_wgsl_kernels(
+        &select(BackendChoice::Cpu).unwrap().device
+    ));
+    // M, N not multiples of the 64 tile; K = 192 (three NF4 blocks, six ggml blocks, not a
+    // multiple of the 64-wide output tile in the input-gradient direction... plus one that is).
+    for (m, n, k) in [(37, 70, 192), (5, 3, 64)] {
+        for host in weights(n, k) {
+            let name = host.layout.format.name();
+            let w = host.dequantize();
+            let packed = PackedWeight::upload(&host, &device);
+            let x = values(m * k, 3);
+            let y = block(read_f32(packed.matmul_t(upload(
+                x.clone(),
+                [m, k],
+                &device,
+            ))))
+            .unwrap();
+            let want = reference(&x, m, k, n, |t, j| w[j * k + t]);
+            let e = rel_err(&y, &want);
+            assert!(e < 1e-5, "{name} forward {m}x{n}x{k}: rel err {e}");
+
+            let dy = values(m * n, 5);
+            let dx = block(read_f32(packed.matmul(upload(dy.clone(), [m, n], &device)))).unwrap();
+            let want = reference(&dy, m, n, k, |t, j| w[t * k + j]);
+            let e = rel_err(&dx, &want);
+            assert!(e < 1e-5, "{name} input-grad {m}x{n}x{k}: rel err {e}");
+
+            let dense = block(read_f32(packed.dequantize())).unwrap();
+            assert_eq!(dense, w, "{name}: dequantize through the kernel is exact");
+        }
+    }
+}
+
+#[test]
+fn fused_qmatmul_backward_through_autodiff() {
+    let device = device("wgpu").autodiff();
+    let (m, n, k) = (9, 33, 128);
+    for host in weights(n, k) {
+        let w = host.dequantize();
+        let packed = PackedWeight::upload(&host, &device);
+        let x = upload(values(m * k, 21), [m, k], &device).require_grad();
+        let g = values(m * n, 22);
+        let y = packed.matmul_t(x.clone());
+        let loss = (y * upload(g.clone(), [m, n], &device)).sum();
+        let grads = loss.backward();
+        let gx = block(read_f32(x.grad(&grads).unwrap())).unwrap();
+        let want = reference(&g, m, n, k, |t, j| w[t * k + j]);
+        let e = rel_err(&gx, &want);
+        assert!(e < 1e-5, "{}: dx rel err {e}", host.layout.format.name());
+    }
+}
