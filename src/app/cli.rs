@@ -132,8 +132,22 @@ pub struct MergeArgs {
 /// `wgtune bench`.
 #[derive(Args, Debug)]
 pub struct BenchArgs {
-    #[command(flatten)]
-    pub model: ModelArgs,
+    /// Model to benchmark (HF folder or .gguf); not needed with --kernels.
+    #[arg(long, required_unless_present = "kernels")]
+    pub model: Option<PathBuf>,
+    /// auto (wgpu on a real GPU, else CPU), wgpu, or cpu.
+    #[arg(long, default_value = "auto")]
+    pub backend: BackendChoice,
+    /// Quantize the base on load (nf4).
+    #[arg(long)]
+    pub quantize: Option<String>,
+    /// Kernel micro-benchmarks instead: fused quantized matmul (NF4, Q4_0, Q4_1, Q8_0) vs burn's
+    /// f32 matmul on SmolLM2's projection shapes (needs the wgpu backend).
+    #[arg(long)]
+    pub kernels: bool,
+    /// Rows of the input (batch · seq) for --kernels.
+    #[arg(long, default_value_t = 1024)]
+    pub rows: usize,
     /// Prompt length (tokens) of the forward benchmark.
     #[arg(long, default_value_t = 128)]
     pub seq: usize,

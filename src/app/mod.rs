@@ -3,6 +3,7 @@
 
 pub mod cli;
 pub mod files;
+pub mod loftq;
 pub mod merge;
 pub mod quantize;
 pub mod train;

@@ -4,12 +4,15 @@
 
 use super::files::{DirSource, model_source, write_atomic};
 use super::merge::{hf_config, write_tokenizer_files};
-use crate::model::loader::read_model;
-use crate::quant::bnb::{is_quantized_by_default, nf4_linear_tensors, quantization_config};
+use crate::model::loader::{ModelFiles, read_model};
+use crate::model::weights::HostData;
+use crate::quant::bnb::{
+    is_quantized_by_default, nf4_linear_tensors, nf4_packed_tensors, quantization_config,
+};
 use anyhow::{Context, Result, bail};
 use safetensors::Dtype;
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// `wgtune quantize` arguments.
 #[derive(clap::Args, Debug)]
@@ -35,49 +38,7 @@ pub fn cmd_quantize(a: QuantizeArgs) -> Result<()> {
     }
     let mut dir: Option<DirSource> = None;
     let files = read_model(model_source(&a.model, &mut dir)?)?;
-    let mut out = BTreeMap::new();
-    let (mut quantized, mut kept) = (0, 0);
-    for (name, t) in &files.checkpoint.tensors {
-        let values = t.to_f32().map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
-        if is_quantized_by_default(name) {
-            out.extend(nf4_linear_tensors(
-                name,
-                &values,
-                &t.shape,
-                64,
-                a.double_quant,
-            )?);
-            quantized += 1;
-        } else {
-            out.insert(
-                name.clone(),
-                (
-                    Dtype::F32,
-                    t.shape.clone(),
-                    bytemuck::cast_slice::<f32, u8>(&values).to_vec(),
-                ),
-            );
-            kept += 1;
-        }
-    }
-    std::fs::create_dir_all(&a.out)
-        .with_context(|| format!("{}: cannot create", a.out.display()))?;
-    let meta = Some([("format".to_string(), "pt".to_string())].into());
-    write_atomic(
-        &a.out.join("model.safetensors"),
-        &crate::io::safetensors::serialize_raw(&out, meta)?,
-    )?;
-    let mut config = hf_config(&files.config);
-    config["quantization_config"] = quantization_config(a.double_quant);
-    write_atomic(
-        &a.out.join("config.json"),
-        serde_json::to_string_pretty(&config)?.as_bytes(),
-    )?;
-    write_tokenizer_files(
-        files.tokenizer.as_ref(),
-        files.chat_template.as_ref(),
-        &a.out,
-    )?;
+    let (quantized, kept) = write_nf4_folder(&files, a.double_quant, &a.out)?;
     println!(
         "quantized {quantized} linears to NF4{} (kept {kept} tensors in f32) into {}",
         if a.double_quant {
@@ -88,4 +49,63 @@ pub fn cmd_quantize(a: QuantizeArgs) -> Result<()> {
         a.out.display()
     );
     Ok(())
+}
+
+/// Write `files` as a bitsandbytes 4-bit HF folder in `out` (model.safetensors, config.json with
+/// `quantization_config`, tokenizer files): every decoder-block linear in NF4 (blocksize 64),
+/// everything else f32. A linear that is already NF4 with blocksize 64 is written byte for byte
+/// when `double_quant` is off (LoftQ's `Q`); others are quantized here. Returns
+/// `(quantized linears, tensors kept in f32)`.
+pub fn write_nf4_folder(
+    files: &ModelFiles,
+    double_quant: bool,
+    out: &Path,
+) -> Result<(usize, usize)> {
+    let mut tensors = BTreeMap::new();
+    let (mut quantized, mut kept) = (0, 0);
+    for (name, t) in &files.checkpoint.tensors {
+        if let (HostData::Nf4(q), true, false) =
+            (&t.data, is_quantized_by_default(name), double_quant)
+            && q.blocksize == 64
+        {
+            tensors.extend(nf4_packed_tensors(name, q));
+            quantized += 1;
+            continue;
+        }
+        let values = t.to_f32().map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
+        if is_quantized_by_default(name) {
+            tensors.extend(nf4_linear_tensors(
+                name,
+                &values,
+                &t.shape,
+                64,
+                double_quant,
+            )?);
+            quantized += 1;
+        } else {
+            tensors.insert(
+                name.clone(),
+                (
+                    Dtype::F32,
+                    t.shape.clone(),
+                    bytemuck::cast_slice::<f32, u8>(&values).to_vec(),
+                ),
+            );
+            kept += 1;
+        }
+    }
+    std::fs::create_dir_all(out).with_context(|| format!("{}: cannot create", out.display()))?;
+    let meta = Some([("format".to_string(), "pt".to_string())].into());
+    write_atomic(
+        &out.join("model.safetensors"),
+        &crate::io::safetensors::serialize_raw(&tensors, meta)?,
+    )?;
+    let mut config = hf_config(&files.config);
+    config["quantization_config"] = quantization_config(double_quant);
+    write_atomic(
+        &out.join("config.json"),
+        serde_json::to_string_pretty(&config)?.as_bytes(),
+    )?;
+    write_tokenizer_files(files.tokenizer.as_ref(), files.chat_template.as_ref(), out)?;
+    Ok((quantized, kept))
 }

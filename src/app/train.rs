@@ -4,6 +4,7 @@
 
 use super::cli::{load, pick_backend, read_examples};
 use super::files::{DirSource, write_atomic};
+use super::loftq::{attach_loftq, load_loftq};
 use crate::adapters;
 use crate::io::peft::{load_adapter, save_adapter};
 use crate::train::data::{
@@ -31,6 +32,8 @@ pub struct TrainArgs {
 }
 
 const CHECKPOINT: &str = "checkpoint/trainer.safetensors";
+/// Where `--init loftq` writes the quantized base (under `--out`).
+pub const LOFTQ_BASE: &str = "base-nf4";
 
 /// Resolve the run settings: the file (if any) with the flags on top.
 pub fn resolve(a: &TrainArgs) -> Result<RunConfig> {
@@ -89,6 +92,7 @@ pub fn cmd_train(a: TrainArgs) -> Result<()> {
     let data_path = PathBuf::from(run.require(&run.data, "data").map_err(anyhow::Error::msg)?);
     let out = PathBuf::from(run.require(&run.out, "out").map_err(anyhow::Error::msg)?);
     let adapter_cfg = run.adapter().map_err(anyhow::Error::msg)?;
+    let loftq_iters = run.loftq_iters().map_err(anyhow::Error::msg)?;
     let backend = pick_backend(
         run.backend
             .as_deref()
@@ -97,11 +101,28 @@ pub fn cmd_train(a: TrainArgs) -> Result<()> {
             .map_err(anyhow::Error::msg)?,
     )?;
     let quantize = run.base_quantization();
-    let mut lm = load(
-        &model_path,
-        &backend.device.clone().autodiff(),
-        quantize.as_deref(),
-    )?;
+    let device = backend.device.clone().autodiff();
+    let (mut lm, mut loftq_pairs) = match loftq_iters {
+        Some(iters) => {
+            let m = load_loftq(
+                &model_path,
+                &device,
+                &adapter_cfg,
+                iters,
+                &out.join(LOFTQ_BASE),
+            )?;
+            (m.lm, Some(m.pairs))
+        }
+        None => (load(&model_path, &device, quantize.as_deref())?, None),
+    };
+    let base = lm.model.base_summary();
+    eprintln!(
+        "base: {} decoder linears packed for the fused kernel ({:.1} MiB), {} dense f32 ({:.1} MiB)",
+        base.packed,
+        base.packed_bytes as f64 / 1048576.0,
+        base.dense,
+        base.dense_bytes as f64 / 1048576.0
+    );
     let data = read_data(&run, &data_path, &lm)?;
     let seed = run.seed.unwrap_or(42);
     let (train, eval) = split_eval(data, run.eval_split.unwrap_or(0.0), seed);
@@ -130,7 +151,10 @@ pub fn cmd_train(a: TrainArgs) -> Result<()> {
             c
         }
         None => {
-            adapters::attach(&mut lm.model, &adapter_cfg, seed)?;
+            match loftq_pairs.as_mut() {
+                Some(pairs) => attach_loftq(&mut lm.model, &adapter_cfg, pairs)?,
+                None => adapters::attach(&mut lm.model, &adapter_cfg, seed)?,
+            }
             adapter_cfg
         }
     };
@@ -257,10 +281,15 @@ pub fn cmd_train(a: TrainArgs) -> Result<()> {
     }
     bar.finish();
     save_checkpoint(&trainer, &ckpt_path)?;
+    // A LoftQ adapter belongs to the LoftQ base, not to the original weights.
+    let base_name = match loftq_iters {
+        Some(_) => out.join(LOFTQ_BASE),
+        None => model_path.clone(),
+    };
     let (json, bytes) = pollster::block_on(save_adapter(
         &trainer.model,
         &cfg,
-        &model_path.display().to_string(),
+        &base_name.display().to_string(),
     ))
     .map_err(anyhow::Error::msg)?;
     write_atomic(&out.join("adapter_config.json"), json.as_bytes())?;
@@ -291,6 +320,12 @@ pub fn cmd_train(a: TrainArgs) -> Result<()> {
         "adapter       {}/adapter_model.safetensors (peft format)",
         out.display()
     );
+    if loftq_iters.is_some() {
+        println!(
+            "base          {} (LoftQ NF4 base for this adapter)",
+            out.join(LOFTQ_BASE).display()
+        );
+    }
     println!("metrics       {}", metrics_path.display());
     Ok(())
 }

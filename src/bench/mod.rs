@@ -1,7 +1,10 @@
 //! Benchmark harness shared by `wgtune bench` and `cargo bench`: forward (prefill) tokens/s and
 //! KV-cached generation tokens/s of a model on one backend. Timings live here, never in tests.
 
+pub mod kernels;
+
 use crate::app::cli::{BenchArgs, load, pick_backend};
+use crate::backend::SelectedBackend;
 use crate::model::generate::{SamplingConfig, generate};
 use crate::model::read_f32;
 use anyhow::{Result, bail};
@@ -29,8 +32,14 @@ pub fn cmd_bench(a: BenchArgs) -> Result<()> {
     if a.seq == 0 || a.iters == 0 {
         bail!("--seq and --iters must be positive");
     }
-    let backend = pick_backend(a.model.backend)?;
-    let lm = load(&a.model.model, &backend.device, a.model.quantize.as_deref())?;
+    let backend = pick_backend(a.backend)?;
+    if a.kernels {
+        return kernel_bench(&a, &backend);
+    }
+    let Some(model_path) = &a.model else {
+        bail!("--model is required (or --kernels)");
+    };
+    let lm = load(model_path, &backend.device, a.quantize.as_deref())?;
     let vocab = lm.model.config.vocab_size as u32;
     let ids: Vec<u32> = (0..a.seq as u32).map(|i| (i * 7919 + 13) % vocab).collect();
     let forward = || -> Result<f64> {
@@ -76,6 +85,51 @@ pub fn cmd_bench(a: BenchArgs) -> Result<()> {
     );
     if let Some(path) = &a.json {
         let json = serde_json::to_vec_pretty(&serde_json::json!({ "results": [r] }))?;
+        crate::app::files::write_atomic(path, &json)?;
+    }
+    Ok(())
+}
+
+/// `wgtune bench --kernels`: fused quantized matmul vs f32 matmul, printed and as JSON.
+fn kernel_bench(a: &BenchArgs, backend: &SelectedBackend) -> Result<()> {
+    if !crate::kernels::has_wgsl_kernels(&backend.device) {
+        bail!(
+            "--kernels needs the wgpu backend (picked: {}); pass --backend wgpu",
+            backend.description
+        );
+    }
+    let formats = ["NF4", "Q4_0", "Q4_1", "Q8_0"];
+    let r = kernels::bench_qmatmul(
+        &backend.device,
+        a.rows,
+        &kernels::SMOLLM2_SHAPES,
+        &formats,
+        a.iters,
+    )?;
+    println!("{}", backend.description);
+    println!(
+        "format      m     n     k   fused GFLOP/s   f32 GFLOP/s   ratio   weight bytes (packed / f32)"
+    );
+    for b in &r {
+        println!(
+            "{:<6} {:>6} {:>5} {:>5}   {:>13.2}   {:>11.2}   {:>5.2}   {} / {} (1/{:.1})",
+            b.format,
+            b.m,
+            b.n,
+            b.k,
+            b.fused_gflops,
+            b.f32_gflops,
+            b.ratio,
+            b.packed_bytes,
+            b.f32_bytes,
+            b.f32_bytes as f64 / b.packed_bytes as f64
+        );
+    }
+    if let Some(path) = &a.json {
+        let json = serde_json::to_vec_pretty(&serde_json::json!({
+            "backend": backend.description,
+            "kernels": r,
+        }))?;
         crate::app::files::write_atomic(path, &json)?;
     }
     Ok(())

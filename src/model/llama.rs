@@ -166,7 +166,40 @@ pub struct KvCache {
     pub len: usize,
 }
 
+/// Where the decoder linears' base weights live: packed for the fused kernel or dense f32.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BaseSummary {
+    /// Linears kept block-quantized on the device.
+    pub packed: usize,
+    /// Their bytes on the device.
+    pub packed_bytes: usize,
+    /// Linears stored dense f32.
+    pub dense: usize,
+    /// Their bytes.
+    pub dense_bytes: usize,
+}
+
 impl Llama {
+    /// Count packed vs dense decoder linears (shown at load so users see what stays quantized).
+    pub fn base_summary(&self) -> BaseSummary {
+        let mut s = BaseSummary::default();
+        for b in &self.layers {
+            for (_, lin) in b.linears() {
+                match &lin.base {
+                    super::linear::BaseLinear::Packed(w) => {
+                        s.packed += 1;
+                        s.packed_bytes += w.gpu_bytes();
+                    }
+                    super::linear::BaseLinear::Dense(w) => {
+                        s.dense += 1;
+                        s.dense_bytes += w.dims().iter().product::<usize>() * 4;
+                    }
+                }
+            }
+        }
+        s
+    }
+
     /// The device the weights live on.
     pub fn device(&self) -> Device {
         self.embed_tokens.device()

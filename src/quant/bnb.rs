@@ -4,7 +4,7 @@
 //! tensor holding bnb's JSON of the non-tensor state), plus `nested_absmax` / `nested_quant_map`
 //! with double quantization; `quantization_config` in config.json.
 
-use super::nf4::{NF4_CODE, Nf4Error, quantize_nf4_double, quantize_nf4_shaped};
+use super::nf4::{NF4_CODE, Nf4Error, Nf4Tensor, quantize_nf4_double, quantize_nf4_shaped};
 use crate::io::chat::py_float_repr;
 use safetensors::Dtype;
 
@@ -45,47 +45,54 @@ pub fn nf4_linear_tensors(
     blocksize: usize,
     double_quant: bool,
 ) -> Result<Vec<(String, RawTensor)>, Nf4Error> {
-    let (tensor, absmax, nested) = if double_quant {
-        let dq = quantize_nf4_double(values, shape, blocksize)?;
-        let absmax = (
-            Dtype::U8,
-            vec![dq.quantized_absmax.len()],
-            dq.quantized_absmax.clone(),
-        );
-        let nested = vec![
-            (
-                format!("{name}.nested_absmax"),
-                (
-                    Dtype::F32,
-                    vec![dq.nested_absmax.len()],
-                    f32_bytes(&dq.nested_absmax),
-                ),
-            ),
-            (
-                format!("{name}.nested_quant_map"),
-                (
-                    Dtype::F32,
-                    vec![dq.nested_code.len()],
-                    f32_bytes(&dq.nested_code),
-                ),
-            ),
-        ];
-        let state = Some((dq.nested_blocksize, dq.offset));
-        (dq.tensor, absmax, (nested, state))
-    } else {
+    if !double_quant {
         let t = quantize_nf4_shaped(values, shape, blocksize)?;
-        let absmax = (Dtype::F32, vec![t.absmax.len()], f32_bytes(&t.absmax));
-        (t, absmax, (vec![], None))
-    };
-    let json = quant_state_json(shape, blocksize, nested.1);
-    let mut out = vec![
+        return Ok(nf4_packed_tensors(name, &t));
+    }
+    let dq = quantize_nf4_double(values, shape, blocksize)?;
+    let absmax = (
+        Dtype::U8,
+        vec![dq.quantized_absmax.len()],
+        dq.quantized_absmax.clone(),
+    );
+    let nested = vec![
+        (
+            format!("{name}.nested_absmax"),
+            (
+                Dtype::F32,
+                vec![dq.nested_absmax.len()],
+                f32_bytes(&dq.nested_absmax),
+            ),
+        ),
+        (
+            format!("{name}.nested_quant_map"),
+            (
+                Dtype::F32,
+                vec![dq.nested_code.len()],
+                f32_bytes(&dq.nested_code),
+            ),
+        ),
+    ];
+    let json = quant_state_json(shape, blocksize, Some((dq.nested_blocksize, dq.offset)));
+    let mut out = layout(name, &dq.tensor, absmax, json);
+    out.extend(nested);
+    Ok(out)
+}
+
+/// The tensors bnb stores for a weight that is already NF4 (no double quantization), so its
+/// bytes are written as they are.
+pub fn nf4_packed_tensors(name: &str, t: &Nf4Tensor) -> Vec<(String, RawTensor)> {
+    let absmax = (Dtype::F32, vec![t.absmax.len()], f32_bytes(&t.absmax));
+    let json = quant_state_json(&t.shape, t.blocksize, None);
+    layout(name, t, absmax, json)
+}
+
+/// The packed weight, its absmax, the code table and the JSON quant state, in bnb's names.
+fn layout(name: &str, t: &Nf4Tensor, absmax: RawTensor, json: String) -> Vec<(String, RawTensor)> {
+    vec![
         (
             name.to_string(),
-            (
-                Dtype::U8,
-                vec![tensor.packed.len(), 1],
-                tensor.packed.clone(),
-            ),
+            (Dtype::U8, vec![t.packed.len(), 1], t.packed.clone()),
         ),
         (format!("{name}.absmax"), absmax),
         (
@@ -96,9 +103,7 @@ pub fn nf4_linear_tensors(
             format!("{name}.quant_state.bitsandbytes__nf4"),
             (Dtype::U8, vec![json.len()], json.into_bytes()),
         ),
-    ];
-    out.extend(nested.0);
-    Ok(out)
+    ]
 }
 
 /// The `quantization_config` block transformers writes for an NF4 checkpoint.

@@ -3,5 +3,6 @@
 
 pub mod bnb;
 pub mod ggml;
+pub mod loftq;
 pub mod nf4;
 pub mod torch_sum;

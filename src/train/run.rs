@@ -67,6 +67,13 @@ pub struct RunConfig {
     /// Start from this peft adapter folder instead of a fresh init.
     #[arg(long)]
     pub init_adapter: Option<String>,
+    /// Adapter init: default (peft's: A uniform, B = 0) or loftq (LoRA over an NF4 base: the base
+    /// becomes LoftQ's Q and A, B the rank-r SVD of the quantization residual).
+    #[arg(long)]
+    pub init: Option<String>,
+    /// LoftQ rounds of quantization + SVD (with --init loftq; default 1).
+    #[arg(long)]
+    pub loftq_iters: Option<usize>,
     /// Optimizer steps (overrides --epochs).
     #[arg(long)]
     pub steps: Option<usize>,
@@ -203,6 +210,40 @@ impl RunConfig {
             .or_else(|| q_method.then(|| "nf4".to_string()))
     }
 
+    /// LoftQ rounds when `init` is `loftq` (`None` for peft's default init), checked against the
+    /// other settings: LoftQ needs a LoRA method, a fresh adapter and an NF4 base.
+    pub fn loftq_iters(&self) -> Result<Option<usize>, String> {
+        match self.init.as_deref().unwrap_or("default") {
+            "default" => match self.loftq_iters {
+                Some(_) => {
+                    Err("loftq_iters is set but init is not loftq (add --init loftq)".into())
+                }
+                None => Ok(None),
+            },
+            "loftq" => {
+                let method = self.method.as_deref().unwrap_or("lora");
+                if !matches!(method, "lora" | "qlora") {
+                    return Err(format!(
+                        "init loftq initialises LoRA over an NF4 base: use --method qlora (or lora), not `{method}`"
+                    ));
+                }
+                if self.init_adapter.is_some() {
+                    return Err("init loftq and init_adapter exclude each other".into());
+                }
+                if let Some(q) = self.quantize.as_deref().filter(|q| *q != "nf4") {
+                    return Err(format!(
+                        "init loftq quantizes the base to nf4, not `{q}` (drop --quantize)"
+                    ));
+                }
+                match self.loftq_iters.unwrap_or(1) {
+                    0 => Err("loftq_iters must be at least 1".into()),
+                    n => Ok(Some(n)),
+                }
+            }
+            other => Err(format!("unknown init `{other}` (default, loftq)")),
+        }
+    }
+
     /// Optimisation settings for `total_steps` steps.
     pub fn train(&self, total_steps: usize) -> Result<TrainConfig, String> {
         let schedule: Schedule = self.lr_scheduler.as_deref().unwrap_or("constant").parse()?;
@@ -261,5 +302,50 @@ mod tests {
             ..Default::default()
         };
         assert!(c.adapter().unwrap_err().contains("dora"));
+    }
+
+    #[test]
+    fn loftq_settings_are_checked() {
+        let loftq = |f: fn(&mut RunConfig)| {
+            let mut c = RunConfig {
+                method: Some("qlora".into()),
+                init: Some("loftq".into()),
+                ..Default::default()
+            };
+            f(&mut c);
+            c.loftq_iters()
+        };
+        assert_eq!(loftq(|_| ()), Ok(Some(1)));
+        assert_eq!(loftq(|c| c.loftq_iters = Some(5)), Ok(Some(5)));
+        assert_eq!(loftq(|c| c.method = Some("lora".into())), Ok(Some(1)));
+        assert!(
+            loftq(|c| c.loftq_iters = Some(0))
+                .unwrap_err()
+                .contains("at least 1")
+        );
+        assert!(
+            loftq(|c| c.method = Some("qoft".into()))
+                .unwrap_err()
+                .contains("qoft")
+        );
+        assert!(
+            loftq(|c| c.init_adapter = Some("x".into()))
+                .unwrap_err()
+                .contains("init_adapter")
+        );
+        assert!(
+            loftq(|c| c.init = Some("pissa".into()))
+                .unwrap_err()
+                .contains("pissa")
+        );
+        assert!(loftq(|c| c.init = None).is_ok_and(|x| x.is_none()));
+        let c = RunConfig {
+            loftq_iters: Some(2),
+            ..Default::default()
+        };
+        assert!(c.loftq_iters().unwrap_err().contains("--init loftq"));
+        let c = RunConfig::from_toml("init = \"loftq\"\nloftq_iters = 3\nmethod = \"qlora\"\n")
+            .unwrap();
+        assert_eq!(c.loftq_iters(), Ok(Some(3)));
     }
 }

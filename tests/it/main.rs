@@ -6,6 +6,7 @@ mod cli_errors;
 mod common;
 mod hf_fixtures;
 mod kernels;
+mod loftq;
 mod peft_fixtures;
 mod smollm2;
 mod train_cli;
