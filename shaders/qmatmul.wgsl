@@ -15,7 +15,9 @@
 //
 // Template values: FORMAT (0 NF4, 1 Q4_0, 2 Q4_1, 3 Q8_0), BITS (4 or 8), BLOCK (elements per
 // scale), INPUT_GRAD (bool). info = [M, N, K, scales offset, mins offset] in u32 words.
-// Requires K % BLOCK == 0 and BLOCK % 16 == 0 (checked on the host).
+// Requires K % 16 == 0 and BLOCK % 4 == 0 (checked on the host): every aligned group of 4
+// values then lies in one block and one word. Blocks may straddle rows (bitsandbytes' flat
+// blocks), and the last one may be partial.
 
 @group(0) @binding(0) var<storage, read_write> a: array<f32>;
 @group(0) @binding(1) var<storage, read_write> packed: array<u32>;
@@ -55,7 +57,7 @@ fn decode(c: u32) -> f32 {
     return f32(c);
 }
 
-// The four dequantized values W[row, col .. col + 4] (col % 4 == 0, all inside one block).
+// The four dequantized values W[row, col .. col + 4] (col % 4 == 0: one block, one word).
 fn deq4(row: u32, col: u32, k: u32) -> vec4<f32> {
     let i = row * k + col;
     let word = packed[i / CPW];

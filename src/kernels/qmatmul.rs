@@ -27,11 +27,11 @@ use half::f16;
 /// Why a weight cannot take the fused path.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum QError {
-    /// Blocks must tile every row exactly (the kernel reads whole blocks per row).
+    /// The kernel reads rows in slices of 16 values, and 4 consecutive values share a scale.
     #[error(
-        "in_features {k} is not a multiple of the quantization block size {block}: the fused kernel needs whole blocks per row"
+        "in_features {k} is not a multiple of 16 (or block size {block} not a multiple of 4): the fused kernel reads rows in slices of 16"
     )]
-    PartialBlock {
+    Unaligned {
         /// Row length.
         k: usize,
         /// Block size.
@@ -119,8 +119,10 @@ pub struct QLayout {
 
 impl QLayout {
     fn new(format: QFormat, n: usize, k: usize, block: usize) -> Result<Self, QError> {
-        if block == 0 || !block.is_multiple_of(16) || !k.is_multiple_of(block) || k == 0 {
-            return Err(QError::PartialBlock { k, block });
+        // Blocks run over the flat row-major array (bitsandbytes) and may straddle rows; the
+        // kernel only needs every aligned group of 4 values inside one block and one u32 word.
+        if block == 0 || !block.is_multiple_of(4) || !k.is_multiple_of(16) || k == 0 {
+            return Err(QError::Unaligned { k, block });
         }
         let l = Self {
             format,
@@ -135,7 +137,7 @@ impl QLayout {
     }
 
     fn blocks(&self) -> usize {
-        self.n * self.k / self.block
+        (self.n * self.k).div_ceil(self.block)
     }
 
     fn code_words(&self) -> usize {
@@ -559,11 +561,17 @@ mod tests {
     }
 
     #[test]
-    fn partial_blocks_are_a_clear_error() {
-        let mut q = quantize_nf4(&sample(5 * 96, 2), 64).unwrap();
-        q.shape = vec![5, 96];
+    fn unaligned_rows_are_a_clear_error() {
+        // Rows of 112 with 64-blocks straddling rows (and a partial last block) are fine ...
+        let mut q = quantize_nf4(&sample(5 * 112, 2), 64).unwrap();
+        q.shape = vec![5, 112];
+        let host = PackedHost::from_nf4(&q).unwrap();
+        assert_eq!(host.dequantize(), dequantize_nf4(&q).unwrap());
+        // ... rows of 40 are not.
+        let mut q = quantize_nf4(&sample(5 * 40, 2), 64).unwrap();
+        q.shape = vec![5, 40];
         let e = PackedHost::from_nf4(&q).unwrap_err();
-        assert!(e.to_string().contains("96 is not a multiple"), "{e}");
+        assert!(e.to_string().contains("40 is not a multiple of 16"), "{e}");
         assert!(matches!(
             PackedHost::from_ggml(GgmlType::F16, &[0; 128], 1, 64),
             Err(QError::Unsupported(_))

@@ -28,6 +28,9 @@ fn weights(n: usize, k: usize) -> Vec<PackedHost> {
     let mut nf4 = quantize_nf4(&values(n * k, 7), 64).unwrap();
     nf4.shape = vec![n, k];
     let mut out = vec![PackedHost::from_nf4(&nf4).unwrap()];
+    if k % 32 != 0 {
+        return out; // ggml rows are whole 32-blocks
+    }
     for (i, ty) in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0]
         .into_iter()
         .enumerate()
@@ -110,9 +113,10 @@ fn fused_qmatmul_equals_dense_reference_on_wgpu() {
     assert!(!has_wgsl_kernels(
         &select(BackendChoice::Cpu).unwrap().device
     ));
-    // M, N not multiples of the 64 tile; K = 192 (three NF4 blocks, six ggml blocks, not a
-    // multiple of the 64-wide output tile in the input-gradient direction... plus one that is).
-    for (m, n, k) in [(37, 70, 192), (5, 3, 64)] {
+    // M, N not multiples of the 64 tile; K = 192 is not a multiple of the 64-wide output tile of
+    // the input-gradient direction; K = 112 makes NF4's flat 64-blocks straddle rows and leaves a
+    // partial last block (7·112 = 784 = 12·64 + 16).
+    for (m, n, k) in [(37, 70, 192), (5, 3, 64), (7, 7, 112)] {
         for host in weights(n, k) {
             let name = host.layout.format.name();
             let w = host.dequantize();
@@ -143,8 +147,8 @@ fn fused_qmatmul_equals_dense_reference_on_wgpu() {
 #[test]
 fn fused_qmatmul_backward_through_autodiff() {
     let device = device("wgpu").autodiff();
-    let (m, n, k) = (9, 33, 128);
-    for host in weights(n, k) {
+    for host in weights(33, 128).into_iter().chain(weights(5, 112)) {
+        let (n, k, m) = (host.layout.n, host.layout.k, 9);
         let w = host.dequantize();
         let packed = PackedWeight::upload(&host, &device);
         let x = upload(values(m * k, 21), [m, k], &device).require_grad();
