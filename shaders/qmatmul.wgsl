@@ -43,8 +43,10 @@ var<private> NF4: array<f32, 16> = array<f32, 16>(
     0.44070982933044434, 0.5626170039176941, 0.7229568362236023, 1.0,
 );
 
-var<workgroup> tile_a: array<f32, 1024>;  // [TK][TILE]: a[m0 + i, r0 + kk] at kk * TILE + i
-var<workgroup> tile_b: array<f32, 1024>;  // [TK][TILE]: b[r0 + kk, c0 + j] at kk * TILE + j
+// Workgroup tiles as vec4 (8 KiB in all): a[m0 + i, r0 + kk] is component i % 4 of
+// tile_a[kk * 16 + i / 4]; b[r0 + kk, c0 + j] is component j % 4 of tile_b[kk * 16 + j / 4].
+var<workgroup> tile_a: array<vec4<f32>, 256>;
+var<workgroup> tile_b: array<vec4<f32>, 256>;
 
 fn decode(c: u32) -> f32 {
     if FORMAT == 0u {
@@ -110,20 +112,18 @@ fn main(
             if m0 + ar < m && r0 + ak + j < r_len {
                 v = a[(m0 + ar) * r_len + r0 + ak + j];
             }
-            tile_a[(ak + j) * TILE + ar] = v;
+            tile_a[(ak + j) * 16u + ar / 4u][ar % 4u] = v;
         }
         // b tile: 16 reduction entries × 64 columns, as 4 consecutive elements of one W row.
         if INPUT_GRAD {
-            // b[r, c] = W[r, c]: row r0 + t / 16, columns c0 + (t % 16) · 4 ..
+            // b[r, c] = W[r, c]: row r0 + t / 16, columns c0 + (t % 16) · 4 .. (one vec4).
             let br = t / 16u;
             let bc = (t % 16u) * 4u;
             var w = vec4<f32>(0.0);
             if r0 + br < n && c0 + bc < k {
                 w = deq4(r0 + br, c0 + bc, k);
             }
-            for (var j = 0u; j < 4u; j++) {
-                tile_b[br * TILE + bc + j] = w[j];
-            }
+            tile_b[br * 16u + bc / 4u] = w;
         } else {
             // b[r, c] = W[c, r]: row c0 + t / 4, columns r0 + (t % 4) · 4 ..
             let bc = t / 4u;
@@ -133,23 +133,13 @@ fn main(
                 w = deq4(c0 + bc, r0 + br, k);
             }
             for (var j = 0u; j < 4u; j++) {
-                tile_b[(br + j) * TILE + bc] = w[j];
+                tile_b[(br + j) * 16u + bc / 4u][bc % 4u] = w[j];
             }
         }
         workgroupBarrier();
         for (var kk = 0u; kk < TK; kk++) {
-            let av = vec4<f32>(
-                tile_a[kk * TILE + lid.y * 4u],
-                tile_a[kk * TILE + lid.y * 4u + 1u],
-                tile_a[kk * TILE + lid.y * 4u + 2u],
-                tile_a[kk * TILE + lid.y * 4u + 3u],
-            );
-            let bv = vec4<f32>(
-                tile_b[kk * TILE + lid.x * 4u],
-                tile_b[kk * TILE + lid.x * 4u + 1u],
-                tile_b[kk * TILE + lid.x * 4u + 2u],
-                tile_b[kk * TILE + lid.x * 4u + 3u],
-            );
+            let av = tile_a[kk * 16u + lid.y];
+            let bv = tile_b[kk * 16u + lid.x];
             acc[0] += av.x * bv;
             acc[1] += av.y * bv;
             acc[2] += av.z * bv;

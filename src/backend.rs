@@ -63,16 +63,41 @@ fn cpu(reason: &str) -> SelectedBackend {
 
 /// The wgpu runtime, initialised once per process (burn refuses a second initialisation).
 #[cfg(not(target_arch = "wasm32"))]
-fn wgpu_runtime() -> &'static Result<(Device, burn::tensor::wgpu::wgpu::AdapterInfo), String> {
+fn wgpu_runtime() -> &'static Result<(Device, burn::tensor::wgpu::wgpu::AdapterInfo, String), String>
+{
     static RUNTIME: std::sync::OnceLock<
-        Result<(Device, burn::tensor::wgpu::wgpu::AdapterInfo), String>,
+        Result<(Device, burn::tensor::wgpu::wgpu::AdapterInfo, String), String>,
     > = std::sync::OnceLock::new();
     RUNTIME.get_or_init(|| {
         Device::wgpu_options()
             .init_with_setup()
-            .map(|(device, setup)| (device, setup.adapter.get_info()))
+            .map(|(device, setup)| {
+                let features = shader_features(setup.device.features());
+                (device, setup.adapter.get_info(), features)
+            })
             .map_err(|e| e.to_string())
     })
+}
+
+/// The optional shader features the device enabled that matter to our kernels, for the backend
+/// description (e.g. `shader-f16, subgroups`). The kernels use the portable WGSL path either way.
+#[cfg(not(target_arch = "wasm32"))]
+fn shader_features(f: burn::tensor::wgpu::wgpu::Features) -> String {
+    use burn::tensor::wgpu::wgpu::Features;
+    let named = [
+        (Features::SHADER_F16, "shader-f16"),
+        (Features::SUBGROUP, "subgroups"),
+    ];
+    let on: Vec<&str> = named
+        .iter()
+        .filter(|(bit, _)| f.contains(*bit))
+        .map(|(_, n)| *n)
+        .collect();
+    if on.is_empty() {
+        "no shader-f16, no subgroups".into()
+    } else {
+        on.join(", ")
+    }
 }
 
 /// Pick the backend (native: wgpu initialises synchronously; the web front end uses
@@ -84,7 +109,7 @@ pub fn select(choice: BackendChoice) -> Result<SelectedBackend, String> {
         return Ok(cpu(""));
     }
     match wgpu_runtime() {
-        Ok((device, info)) => {
+        Ok((device, info, features)) => {
             let device = device.clone();
             let software = info.device_type == DeviceType::Cpu;
             if software && choice == BackendChoice::Auto {
@@ -96,7 +121,7 @@ pub fn select(choice: BackendChoice) -> Result<SelectedBackend, String> {
             Ok(SelectedBackend {
                 device,
                 description: format!(
-                    "wgpu ({:?}, {}{})",
+                    "wgpu ({:?}, {}{}; {features})",
                     info.backend,
                     info.name,
                     if software { ", software" } else { "" }

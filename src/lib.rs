@@ -10,6 +10,7 @@ pub mod backend;
 pub mod io;
 pub mod kernels;
 pub mod model;
+pub mod par;
 pub mod quant;
 pub mod train;
 

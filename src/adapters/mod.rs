@@ -2,6 +2,7 @@
 //! shared code that finds target linears, attaches adapters and names tensors with peft's keys.
 
 pub mod lora;
+pub mod mask;
 pub mod oft;
 
 use crate::model::linear::Adapter;

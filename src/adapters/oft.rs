@@ -180,6 +180,23 @@ pub fn cayley_exact(q: Tensor<3>) -> Tensor<3> {
     i_minus_q.matmul(inverse_i_plus_skew(q))
 }
 
+/// `x [M, nb·b] · blockdiag(R)` in burn ops (the reference path), `R [nb, b, b]`, or `[1, b, b]`
+/// shared by every block.
+pub fn rotate_reference(x: Tensor<2>, r: Tensor<3>) -> Tensor<2> {
+    let [m, width] = x.dims();
+    let [rows, b, _] = r.dims();
+    let nb = width / b;
+    let rotated = if rows == 1 {
+        x.reshape([1, m * nb, b]).matmul(r)
+    } else {
+        x.reshape([m, nb, b])
+            .swap_dims(0, 1)
+            .matmul(r)
+            .swap_dims(0, 1)
+    };
+    rotated.reshape([m, width])
+}
+
 /// An OFT rotation on one linear layer.
 #[derive(Debug)]
 pub struct Oft {
@@ -251,30 +268,36 @@ impl Oft {
         w.clone() + (projected - w.detach())
     }
 
-    /// The rotation blocks `[rows, b, b]` built from the parameters.
+    /// The rotation blocks `[rows, b, b]` built from the parameters: on wgpu the Neumann series
+    /// runs as one fused kernel ([`crate::kernels::cayley`], b ≤ 64), elsewhere as burn ops.
     pub fn rotations(&self) -> Tensor<3> {
-        let q = skew(self.effective_weight(), self.block);
-        if self.config.use_cayley_neumann {
-            cayley_neumann(q, self.config.num_cayley_neumann_terms)
-        } else {
-            cayley_exact(q)
+        let w = self.effective_weight();
+        if !self.config.use_cayley_neumann {
+            return cayley_exact(skew(w, self.block));
         }
+        let terms = self.config.num_cayley_neumann_terms;
+        if crate::kernels::has_wgsl_kernels(&w.device())
+            && let Ok(r) = crate::kernels::cayley::cayley_neumann(w.clone(), self.block, terms)
+        {
+            return r;
+        }
+        cayley_neumann(skew(w, self.block), terms)
     }
 
-    /// `x·blockdiag(R)` for `x` `[.., in]`.
+    /// `x·blockdiag(R)` for `x` `[.., in]`: one fused kernel on wgpu
+    /// ([`crate::kernels::block_rotate`]), [`rotate_reference`] elsewhere.
     fn rotate(&self, x: Tensor<3>) -> Tensor<3> {
         let [bs, t, i] = x.dims();
-        let (nb, b) = (self.n_blocks, self.block);
         let r = self.rotations();
-        let rotated = if self.config.block_share {
-            x.reshape([1, bs * t * nb, b]).matmul(r)
+        let x = x.reshape([bs * t, i]);
+        let fused = if crate::kernels::has_wgsl_kernels(&x.device()) {
+            crate::kernels::block_rotate::block_rotate(x.clone(), r.clone()).ok()
         } else {
-            x.reshape([bs * t, nb, b])
-                .swap_dims(0, 1)
-                .matmul(r)
-                .swap_dims(0, 1)
+            None
         };
-        rotated.reshape([bs, t, i])
+        fused
+            .unwrap_or_else(|| rotate_reference(x, r))
+            .reshape([bs, t, i])
     }
 
     /// `blockdiag(R)` as a dense `[in, in]` matrix.

@@ -132,8 +132,9 @@ pub struct MergeArgs {
 /// `wgtune bench`.
 #[derive(Args, Debug)]
 pub struct BenchArgs {
-    /// Model to benchmark (HF folder or .gguf); not needed with --kernels.
-    #[arg(long, required_unless_present = "kernels")]
+    /// Model to benchmark (HF folder or .gguf); optional with --methods (a random-init model of
+    /// the shape flags) and not used with --kernels.
+    #[arg(long, required_unless_present_any = ["kernels", "methods"])]
     pub model: Option<PathBuf>,
     /// auto (wgpu on a real GPU, else CPU), wgpu, or cpu.
     #[arg(long, default_value = "auto")]
@@ -148,13 +149,36 @@ pub struct BenchArgs {
     /// Rows of the input (batch · seq) for --kernels.
     #[arg(long, default_value_t = 1024)]
     pub rows: usize,
-    /// Prompt length (tokens) of the forward benchmark.
-    #[arg(long, default_value_t = 128)]
-    pub seq: usize,
+    /// Training-step benchmark of these methods instead (comma list of lora, oft, oft-v1, qlora,
+    /// qoft): forward + backward + AdamW per step, timed per phase, with peak device memory.
+    #[arg(long, value_delimiter = ',')]
+    pub methods: Vec<String>,
+    /// Random-init model shape for --methods without --model: vocabulary.
+    #[arg(long, default_value_t = 32000)]
+    pub vocab: usize,
+    /// Hidden size.
+    #[arg(long, default_value_t = 512)]
+    pub hidden: usize,
+    /// MLP intermediate size.
+    #[arg(long, default_value_t = 1376)]
+    pub intermediate: usize,
+    /// Decoder blocks.
+    #[arg(long, default_value_t = 8)]
+    pub layers: usize,
+    /// Attention heads.
+    #[arg(long, default_value_t = 8)]
+    pub heads: usize,
+    /// Sequences per step for --methods.
+    #[arg(long, default_value_t = 4)]
+    pub batch: usize,
+    /// Sequence length: tokens of the forward benchmark (default 128) or per sequence of a
+    /// training step (default 256).
+    #[arg(long)]
+    pub seq: Option<usize>,
     /// New tokens in the generation benchmark.
     #[arg(long, default_value_t = 32)]
     pub gen_tokens: usize,
-    /// Timed repetitions of the forward pass (median reported).
+    /// Timed repetitions after one warm-up (median reported).
     #[arg(long, default_value_t = 3)]
     pub iters: usize,
     /// Also write the results as JSON here.
@@ -191,6 +215,13 @@ pub fn load(
     let mut dir: Option<DirSource> = None;
     let src = model_source(path, &mut dir)?;
     Ok(load_model(src, device, quantize)?)
+}
+
+/// Read a model's files (HF folder or .gguf) into host memory without uploading them.
+pub fn read_model_files(path: &Path) -> Result<crate::model::loader::ModelFiles> {
+    let mut dir: Option<DirSource> = None;
+    let src = model_source(path, &mut dir)?;
+    Ok(crate::model::loader::read_model(src)?)
 }
 
 fn cmd_generate(a: GenerateArgs) -> Result<()> {

@@ -5,5 +5,6 @@ pub mod cli;
 pub mod files;
 pub mod loftq;
 pub mod merge;
+pub mod par;
 pub mod quantize;
 pub mod train;

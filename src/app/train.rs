@@ -85,6 +85,9 @@ fn read_data(
 /// `wgtune train`.
 pub fn cmd_train(a: TrainArgs) -> Result<()> {
     let run = resolve(&a)?;
+    if matches!(run.method.as_deref(), Some("lora-par" | "qlora-par")) {
+        return super::par::cmd_train_par(run);
+    }
     let model_path = PathBuf::from(
         run.require(&run.model, "model")
             .map_err(anyhow::Error::msg)?,

@@ -1,7 +1,10 @@
 //! Kernel micro-benchmarks: the fused quantized matmul against burn's f32 matmul on the same
-//! shapes, measured side by side in one run on one device.
+//! shapes, and OFT's fused block rotation and Cayley-Neumann build against their burn-ops
+//! reference, measured side by side in one run on one device.
 
+use crate::adapters::oft::{cayley_neumann, rotate_reference, skew};
 use crate::kernels::qmatmul::{PackedHost, PackedWeight};
+use crate::kernels::{block_rotate, cayley};
 use crate::model::read_f32;
 use crate::quant::ggml::GgmlType;
 use crate::quant::nf4::quantize_nf4_shaped;
@@ -80,8 +83,12 @@ fn packed(format: &str, n: usize, k: usize) -> Result<PackedHost> {
 }
 
 /// Median wall seconds of `f` (each call ends with a device sync), after one warm-up call.
-fn median_secs(device: &Device, iters: usize, mut f: impl FnMut() -> Tensor<2>) -> Result<f64> {
-    let run = |f: &mut dyn FnMut() -> Tensor<2>| -> Result<f64> {
+fn median_secs<const D: usize>(
+    device: &Device,
+    iters: usize,
+    mut f: impl FnMut() -> Tensor<D>,
+) -> Result<f64> {
+    let run = |f: &mut dyn FnMut() -> Tensor<D>| -> Result<f64> {
         let t0 = Instant::now();
         let y = f();
         device
@@ -135,4 +142,137 @@ pub fn bench_qmatmul(
         }
     }
     Ok(out)
+}
+
+/// SmolLM2-135M's OFT input widths: hidden (q/k/v/o, gate/up) and intermediate (down).
+pub const SMOLLM2_OFT_WIDTHS: [usize; 2] = [576, 1536];
+
+/// One OFT kernel measurement: fused kernel vs the burn-ops reference path.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct OftBench {
+    /// `rotate`, `rotate+grad`, `cayley` or `cayley+grad` (forward, or forward and backward).
+    pub op: String,
+    /// Rows of x (batch · seq); 0 for the Cayley build.
+    pub m: usize,
+    /// Input features.
+    pub width: usize,
+    /// Block size.
+    pub b: usize,
+    /// Median seconds of the fused kernel(s).
+    pub fused_secs: f64,
+    /// Median seconds of the burn-ops path.
+    pub burn_secs: f64,
+    /// burn / fused time.
+    pub speedup: f64,
+}
+
+/// OFT's fused rotation `x·blockdiag(R)` and Cayley-Neumann build (peft's default 5 terms) vs
+/// burn ops, forward and forward + backward, for every input width (blocks of `b`, `m` rows).
+pub fn bench_oft(
+    device: &Device,
+    m: usize,
+    widths: &[usize],
+    b: usize,
+    iters: usize,
+) -> Result<Vec<OftBench>> {
+    const TERMS: usize = 5;
+    let ad = device.clone().autodiff();
+    let mut out = Vec::new();
+    for &width in widths {
+        anyhow::ensure!(
+            b >= 2 && width.is_multiple_of(b),
+            "block {b} does not divide {width}"
+        );
+        let nb = width / b;
+        let n = b * (b - 1) / 2;
+        let upload = |v: Vec<f32>, shape: [usize; 2], d: &Device| {
+            Tensor::<2>::from_data(TensorData::new(v, shape), d)
+        };
+        let x = values(m * width, 5);
+        let g = values(m * width, 6);
+        let v: Vec<f32> = values(nb * n, 7).iter().map(|a| a * 0.05).collect();
+        let gr = values(nb * b * b, 8);
+        let mut push = |op: &str, rows: usize, fused_secs: f64, burn_secs: f64| {
+            out.push(OftBench {
+                op: op.into(),
+                m: rows,
+                width,
+                b,
+                fused_secs,
+                burn_secs,
+                speedup: burn_secs / fused_secs,
+            })
+        };
+
+        // The rotation against fixed rotations R (those of the skew vectors v).
+        let rv = pollster::block_on(read_f32(cayley_neumann(
+            skew(upload(v.clone(), [nb, n], device), b),
+            TERMS,
+        )))?;
+        let r3 = |d: &Device| Tensor::<3>::from_data(TensorData::new(rv.clone(), [nb, b, b]), d);
+        let r = r3(device);
+        let xt = upload(x.clone(), [m, width], device);
+        let fused = || block_rotate::block_rotate(xt.clone(), r.clone());
+        pollster::block_on(read_f32(fused()?.slice([0..1, 0..width])))?;
+        let fused_secs = median_secs(device, iters, || fused().expect("checked above"))?;
+        let burn_secs = median_secs(device, iters, || rotate_reference(xt.clone(), r.clone()))?;
+        push("rotate", m, fused_secs, burn_secs);
+
+        let (xa, ga) = (upload(x, [m, width], &ad), upload(g, [m, width], &ad));
+        let ra = r3(&ad).require_grad();
+        let rotate_grad = |use_kernel: bool| {
+            let xr = xa.clone().require_grad();
+            let y = if use_kernel {
+                block_rotate::block_rotate(xr.clone(), ra.clone()).expect("checked above")
+            } else {
+                rotate_reference(xr.clone(), ra.clone())
+            };
+            let grads = (y * ga.clone()).sum().backward();
+            xr.grad(&grads).expect("x is tracked")
+        };
+        let fused_secs = median_secs(&ad, iters, || rotate_grad(true))?;
+        let burn_secs = median_secs(&ad, iters, || rotate_grad(false))?;
+        push("rotate+grad", m, fused_secs, burn_secs);
+
+        let vt = upload(v.clone(), [nb, n], device);
+        let fused = || cayley::cayley_neumann(vt.clone(), b, TERMS);
+        pollster::block_on(read_f32(fused()?.slice([0..1, 0..1, 0..b])))?;
+        let fused_secs = median_secs(device, iters, || fused().expect("checked above"))?;
+        let burn_secs = median_secs(device, iters, || cayley_neumann(skew(vt.clone(), b), TERMS))?;
+        push("cayley", 0, fused_secs, burn_secs);
+
+        let va = upload(v, [nb, n], &ad);
+        let gra = Tensor::<3>::from_data(TensorData::new(gr, [nb, b, b]), &ad);
+        let cayley_grad = |use_kernel: bool| {
+            let vr = va.clone().require_grad();
+            let r = if use_kernel {
+                cayley::cayley_neumann(vr.clone(), b, TERMS).expect("checked above")
+            } else {
+                cayley_neumann(skew(vr.clone(), b), TERMS)
+            };
+            let grads = (r * gra.clone()).sum().backward();
+            vr.grad(&grads).expect("v is tracked")
+        };
+        let fused_secs = median_secs(&ad, iters, || cayley_grad(true))?;
+        let burn_secs = median_secs(&ad, iters, || cayley_grad(false))?;
+        push("cayley+grad", 0, fused_secs, burn_secs);
+    }
+    Ok(out)
+}
+
+/// Prints [`bench_oft`]'s results as a table.
+pub fn print_oft(results: &[OftBench]) {
+    println!("OFT op         m  width   b   fused ms   burn-ops ms   speedup");
+    for r in results {
+        println!(
+            "{:<12} {:>5} {:>6} {:>3} {:>10.3} {:>13.3} {:>9.2}",
+            r.op,
+            r.m,
+            r.width,
+            r.b,
+            r.fused_secs * 1e3,
+            r.burn_secs * 1e3,
+            r.speedup
+        );
+    }
 }

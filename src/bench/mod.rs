@@ -2,6 +2,7 @@
 //! KV-cached generation tokens/s of a model on one backend. Timings live here, never in tests.
 
 pub mod kernels;
+pub mod train_step;
 
 use crate::app::cli::{BenchArgs, load, pick_backend};
 use crate::backend::SelectedBackend;
@@ -29,24 +30,28 @@ pub struct ModelBench {
 
 /// `wgtune bench`: time the model's forward pass and generation.
 pub fn cmd_bench(a: BenchArgs) -> Result<()> {
-    if a.seq == 0 || a.iters == 0 {
+    if a.seq == Some(0) || a.iters == 0 {
         bail!("--seq and --iters must be positive");
     }
     let backend = pick_backend(a.backend)?;
     if a.kernels {
         return kernel_bench(&a, &backend);
     }
+    if !a.methods.is_empty() {
+        return step_bench(&a, &backend);
+    }
+    let seq = a.seq.unwrap_or(128);
     let Some(model_path) = &a.model else {
         bail!("--model is required (or --kernels)");
     };
     let lm = load(model_path, &backend.device, a.quantize.as_deref())?;
     let vocab = lm.model.config.vocab_size as u32;
-    let ids: Vec<u32> = (0..a.seq as u32).map(|i| (i * 7919 + 13) % vocab).collect();
+    let ids: Vec<u32> = (0..seq as u32).map(|i| (i * 7919 + 13) % vocab).collect();
     let forward = || -> Result<f64> {
         let t0 = Instant::now();
         let logits = lm.model.forward(std::slice::from_ref(&ids), None)?;
         let v = lm.model.config.vocab_size;
-        let last = logits.slice([0..1, a.seq - 1..a.seq, 0..v]);
+        let last = logits.slice([0..1, seq - 1..seq, 0..v]);
         pollster::block_on(read_f32(last))?;
         Ok(t0.elapsed().as_secs_f64())
     };
@@ -73,9 +78,9 @@ pub fn cmd_bench(a: BenchArgs) -> Result<()> {
     let g = pollster::block_on(generate(&model, prompt, &cfg, |_| {}))?;
     let r = ModelBench {
         backend: backend.description,
-        seq: a.seq,
+        seq,
         forward_secs,
-        forward_tokens_per_s: a.seq as f64 / forward_secs,
+        forward_tokens_per_s: seq as f64 / forward_secs,
         gen_tokens: g.tokens.len(),
         gen_tokens_per_s: g.tokens_per_sec(),
     };
@@ -125,10 +130,87 @@ fn kernel_bench(a: &BenchArgs, backend: &SelectedBackend) -> Result<()> {
             b.f32_bytes as f64 / b.packed_bytes as f64
         );
     }
+    let oft = kernels::bench_oft(
+        &backend.device,
+        a.rows,
+        &kernels::SMOLLM2_OFT_WIDTHS,
+        32,
+        a.iters,
+    )?;
+    kernels::print_oft(&oft);
     if let Some(path) = &a.json {
         let json = serde_json::to_vec_pretty(&serde_json::json!({
             "backend": backend.description,
             "kernels": r,
+            "oft": oft,
+        }))?;
+        crate::app::files::write_atomic(path, &json)?;
+    }
+    Ok(())
+}
+
+/// `wgtune bench --methods ...`: one training step per method, side by side, printed and as JSON.
+fn step_bench(a: &BenchArgs, backend: &SelectedBackend) -> Result<()> {
+    use train_step::{Shape, bench_method, random_model};
+    let seq = a.seq.unwrap_or(256);
+    if seq < 2 || a.batch == 0 {
+        bail!("--seq must be at least 2 and --batch positive");
+    }
+    let (files, model_desc) = match &a.model {
+        Some(path) => (
+            crate::app::cli::read_model_files(path)?,
+            serde_json::json!({ "path": path.display().to_string() }),
+        ),
+        None => {
+            let shape = Shape {
+                vocab: a.vocab,
+                hidden: a.hidden,
+                intermediate: a.intermediate,
+                layers: a.layers,
+                heads: a.heads,
+            };
+            (random_model(&shape)?, serde_json::to_value(shape)?)
+        }
+    };
+    println!(
+        "{} | {} | batch {} x seq {}, median of {} steps after 1 warm-up",
+        backend.description, model_desc, a.batch, seq, a.iters
+    );
+    println!(
+        "method   tokens/s   step ms   fwd ms   bwd ms   opt ms   peak MiB   trainable   base linears (packed/dense, MiB)"
+    );
+    let mut results = Vec::new();
+    for method in &a.methods {
+        let r = bench_method(&files, method, &backend.device, a.batch, seq, a.iters)?;
+        let mib = |b: u64| b as f64 / 1048576.0;
+        println!(
+            "{:<7} {:>9.1} {:>9.1} {:>8.1} {:>8.1} {:>8.1} {:>10} {:>11}   {}/{} ({:.1})",
+            r.method,
+            r.tokens_per_s,
+            r.step_ms,
+            r.forward_ms,
+            r.backward_ms,
+            r.optimizer_ms,
+            r.peak_mem_bytes
+                .map(|b| format!("{:.1}", mib(b)))
+                .unwrap_or_else(|| "-".into()),
+            r.trainable_params,
+            r.packed_linears,
+            r.dense_linears,
+            mib(r.base_linear_bytes as u64)
+        );
+        results.push(r);
+    }
+    if let Some(path) = &a.json {
+        let json = serde_json::to_vec_pretty(&serde_json::json!({
+            "tool": "wgtune",
+            "version": env!("CARGO_PKG_VERSION"),
+            "backend": backend.description,
+            "model": model_desc,
+            "batch": a.batch,
+            "seq": seq,
+            "iters": a.iters,
+            "results": results,
         }))?;
         crate::app::files::write_atomic(path, &json)?;
     }

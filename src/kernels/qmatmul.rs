@@ -14,14 +14,11 @@ use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::tensor::{FloatTensor, IntTensor};
-use burn::backend::wgpu::{
-    CubeBackend, CubeTensor, KernelSource, SourceKernel, SourceTemplate, into_contiguous,
-};
+use burn::backend::wgpu::{CubeBackend, KernelSource, SourceTemplate, into_contiguous};
 use burn::backend::{Autodiff, Dispatch, backend_extension};
+use burn::cubecl::CubeDim;
 use burn::cubecl::prelude::KernelId;
-use burn::cubecl::server::KernelArguments;
-use burn::cubecl::{CubeCount, CubeDim};
-use burn::tensor::{DType, Device, Int, Shape, Tensor, TensorData};
+use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 use half::f16;
 
 /// Why a weight cannot take the fused path.
@@ -318,11 +315,7 @@ struct QMatmulSource {
 
 impl KernelSource for QMatmulSource {
     fn source(&self) -> SourceTemplate {
-        fill_template(
-            SourceTemplate::new(include_str!("../../shaders/qmatmul.wgsl")),
-            &self.layout,
-            self.input_grad,
-        )
+        fill_template(SourceTemplate::new(SOURCE), &self.layout, self.input_grad)
     }
 
     fn id(&self) -> KernelId {
@@ -338,7 +331,32 @@ impl KernelSource for QMatmulSource {
     }
 }
 
-/// Registers the template values of `qmatmul.wgsl` (also used by the naga validation test).
+/// The template text of `shaders/qmatmul.wgsl`.
+pub const SOURCE: &str = include_str!("../../shaders/qmatmul.wgsl");
+
+/// Every template fill the kernel launches: each format × both directions (for validation).
+pub fn variants() -> Vec<(String, String)> {
+    let layouts = [
+        (QFormat::Nf4, 64),
+        (QFormat::Q4_0, 32),
+        (QFormat::Q4_1, 32),
+        (QFormat::Q8_0, 32),
+    ];
+    layouts
+        .into_iter()
+        .flat_map(|(format, block)| {
+            let layout = QLayout::new(format, 2, 64, block).expect("a valid layout");
+            [false, true].map(|input_grad| {
+                (
+                    format!("{} input_grad={input_grad}", format.name()),
+                    fill_template(SourceTemplate::new(SOURCE), &layout, input_grad).complete(),
+                )
+            })
+        })
+        .collect()
+}
+
+/// Registers the template values of `qmatmul.wgsl`.
 pub fn fill_template(t: SourceTemplate, layout: &QLayout, input_grad: bool) -> SourceTemplate {
     t.register("format", layout.format.id().to_string())
         .register("bits", layout.format.bits().to_string())
@@ -374,14 +392,7 @@ impl QuantKernels for CubeBackend {
             "qmatmul: packed words must be 32-bit"
         );
         let m = dims[0];
-        let client = x.client.clone();
-        let out = CubeTensor::new_contiguous(
-            client.clone(),
-            x.device.clone(),
-            Shape::from(vec![m, cols]),
-            client.empty(m * cols * 4),
-            DType::F32,
-        );
+        let out = super::empty_f32(&x, vec![m, cols]);
         let info: [u32; 5] = [
             m as u32,
             layout.n as u32,
@@ -389,25 +400,21 @@ impl QuantKernels for CubeBackend {
             layout.code_words() as u32,
             layout.mins_offset() as u32,
         ];
-        let info = client.create_from_slice(bytemuck::cast_slice(&info));
-        let cube_dim = CubeDim::new_2d(16, 16);
-        let count = CubeCount::Static(
-            cols.div_ceil(TILE) as u32,
-            m.div_ceil(TILE).max(1) as u32,
-            1,
-        );
-        client.launch(
-            Box::new(SourceKernel::new(
-                QMatmulSource { layout, input_grad },
-                cube_dim,
-            )),
-            count,
-            KernelArguments::new().with_buffers(vec![
-                x.handle.binding(),
+        super::launch(
+            &x,
+            QMatmulSource { layout, input_grad },
+            CubeDim::new_2d(16, 16),
+            [
+                cols.div_ceil(TILE) as u32,
+                m.div_ceil(TILE).max(1) as u32,
+                1,
+            ],
+            vec![
+                x.handle.clone().binding(),
                 packed.handle.binding(),
                 out.handle.clone().binding(),
-                info.binding(),
-            ]),
+            ],
+            &info,
         );
         out
     }

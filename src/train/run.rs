@@ -22,7 +22,8 @@ pub struct RunConfig {
     /// Output folder (adapter, checkpoint, metrics.jsonl).
     #[arg(long)]
     pub out: Option<String>,
-    /// Adapter method: lora, oft, qlora (LoRA over an NF4 base) or qoft (OFT over an NF4 base).
+    /// Adapter method: lora, oft, qlora (LoRA over an NF4 base) or qoft (OFT over an NF4 base);
+    /// lora-par / qlora-par: LoRA-PAR (two-stage SFT → GRPO over partitioned LoRA elements).
     #[arg(long)]
     pub method: Option<String>,
     /// Quantize the base on load (nf4); implied by qlora / qoft.
@@ -131,6 +132,78 @@ pub struct RunConfig {
     /// auto, wgpu or cpu.
     #[arg(long)]
     pub backend: Option<String>,
+    /// LoRA-PAR: System-2 data (RL prompts with `answer`); with it, every record of --data is
+    /// System 1 and every record here System 2.
+    #[arg(long)]
+    pub rl_data: Option<String>,
+    /// LoRA-PAR split of --data: auto (labels when every record has `system`, else heuristic),
+    /// label, vote or heuristic.
+    #[arg(long)]
+    pub par_split: Option<String>,
+    /// LoRA-PAR voting: number of voters, odd (default 3; voter i uses model i mod M, template i mod T).
+    #[arg(long)]
+    pub par_voters: Option<usize>,
+    /// LoRA-PAR voting: comma-separated voter models (HF folders or .gguf; `base` = the base model,
+    /// the default).
+    #[arg(long)]
+    pub voter: Option<String>,
+    /// LoRA-PAR voting: role-play template file (templates separated by `---` lines; {task}, {answer}).
+    #[arg(long)]
+    pub par_vote_template: Option<String>,
+    /// LoRA-PAR importance: taylor (default) or grad-fisher.
+    #[arg(long)]
+    pub par_importance: Option<String>,
+    /// LoRA-PAR: examples per system for the importance pass (default 100).
+    #[arg(long)]
+    pub par_samples: Option<usize>,
+    /// LoRA-PAR: cumulative importance share each system keeps (default 0.9).
+    #[arg(long)]
+    pub par_theta: Option<f64>,
+    /// LoRA-PAR: fraction of shared elements stage 1 updates (default 1).
+    #[arg(long)]
+    pub par_alpha: Option<f64>,
+    /// LoRA-PAR: fraction of shared elements stage 2 updates (default 1).
+    #[arg(long)]
+    pub par_beta: Option<f64>,
+    /// LoRA-PAR: std of the N(0, std²) init of A and B for the importance pass (default 0.01).
+    #[arg(long)]
+    pub par_init_std: Option<f64>,
+    /// LoRA-PAR: SFT steps of stage 1 (default --steps, else one epoch of System-1 data).
+    #[arg(long)]
+    pub sft_steps: Option<usize>,
+    /// LoRA-PAR: GRPO steps of stage 2 (default --steps, else one pass over the System-2 prompts).
+    #[arg(long)]
+    pub rl_steps: Option<usize>,
+    /// LoRA-PAR: stage-1 learning rate (default --lr, else 2e-4).
+    #[arg(long)]
+    pub sft_lr: Option<f64>,
+    /// LoRA-PAR: stage-2 learning rate (default 5e-6).
+    #[arg(long)]
+    pub rl_lr: Option<f64>,
+    /// GRPO: completions per prompt (default 8).
+    #[arg(long)]
+    pub grpo_group: Option<usize>,
+    /// GRPO: prompts per optimizer step (default 1).
+    #[arg(long)]
+    pub grpo_prompts: Option<usize>,
+    /// GRPO: KL coefficient to the stage-1 policy (default 0: measured and logged, not penalised).
+    #[arg(long)]
+    pub grpo_kl: Option<f64>,
+    /// GRPO: clip range of the policy ratio (default 0.2).
+    #[arg(long)]
+    pub grpo_clip: Option<f64>,
+    /// GRPO: sampling temperature (default 1.0).
+    #[arg(long)]
+    pub grpo_temperature: Option<f32>,
+    /// GRPO: longest completion in tokens (default 64).
+    #[arg(long)]
+    pub grpo_max_new_tokens: Option<usize>,
+    /// GRPO reward: number (final number equals the reference's), exact, or regex:PATTERN.
+    #[arg(long)]
+    pub grpo_reward: Option<String>,
+    /// LoRA-PAR: System-2 items held out for greedy accuracy before and after stage 2 (default 0).
+    #[arg(long)]
+    pub rl_eval: Option<usize>,
 }
 
 impl RunConfig {
@@ -175,7 +248,7 @@ impl RunConfig {
             None => TARGET_MODULES.iter().map(|s| s.to_string()).collect(),
         };
         let method = match self.method.as_deref().unwrap_or("lora") {
-            "lora" | "qlora" => Method::Lora(LoraConfig {
+            "lora" | "qlora" | "lora-par" | "qlora-par" => Method::Lora(LoraConfig {
                 r: self.r.unwrap_or(8),
                 lora_alpha: self.lora_alpha.unwrap_or(16.0),
                 lora_dropout: self.lora_dropout.unwrap_or(0.0),
@@ -192,7 +265,11 @@ impl RunConfig {
                 module_dropout: 0.0,
                 weight_centric: self.oft_v1.unwrap_or(false),
             }),
-            other => return Err(format!("unknown method `{other}` (lora, oft, qlora, qoft)")),
+            other => {
+                return Err(format!(
+                    "unknown method `{other}` (lora, oft, qlora, qoft, lora-par, qlora-par)"
+                ));
+            }
         };
         let cfg = AdapterConfig {
             method,
@@ -204,7 +281,7 @@ impl RunConfig {
 
     /// How to quantize the base on load: `--quantize`, or NF4 for the q-methods.
     pub fn base_quantization(&self) -> Option<String> {
-        let q_method = matches!(self.method.as_deref(), Some("qlora" | "qoft"));
+        let q_method = matches!(self.method.as_deref(), Some("qlora" | "qoft" | "qlora-par"));
         self.quantize
             .clone()
             .or_else(|| q_method.then(|| "nf4".to_string()))

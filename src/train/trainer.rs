@@ -82,7 +82,25 @@ pub struct Trainer {
     pub optimizer: AdamW,
     /// Optional per-tensor update masks (1 = trainable element), in parameter order.
     pub masks: Option<Vec<Tensor<2>>>,
+    /// Optional profiler: when set, each step waits for the device at the end of the forward,
+    /// backward and optimizer phases (async readbacks of a few values) and reports each phase, so
+    /// a front end can time them. Off in training (the waits cost throughput).
+    pub profiler: Option<PhaseHook>,
 }
+
+/// A phase of a training step, reported to [`Trainer::profiler`] once the device finished it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Forward pass and loss.
+    Forward,
+    /// Backward pass (adapter gradients ready).
+    Backward,
+    /// Clipping and the AdamW update.
+    Optimizer,
+}
+
+/// Called with each finished [`Phase`] (the front end reads its clock and memory counters).
+pub type PhaseHook = Box<dyn FnMut(Phase) + Send>;
 
 fn scalar_mismatch(what: &str) -> TrainError {
     TrainError::Checkpoint(format!("{what} does not match this run"))
@@ -98,7 +116,17 @@ impl Trainer {
             config,
             optimizer,
             masks: None,
+            profiler: None,
         }
+    }
+
+    /// Wait for the device (an async readback of `t`'s first value), then report `phase`.
+    async fn mark(&mut self, phase: Phase, t: Tensor<2>) -> Result<(), TrainError> {
+        if let Some(hook) = self.profiler.as_mut() {
+            read_f32(t.slice([0..1, 0..1])).await?;
+            hook(phase);
+        }
+        Ok(())
     }
 
     /// Completed optimizer steps.
@@ -131,6 +159,11 @@ impl Trainer {
             let logits = self.model.forward(&batch.input_ids, None)?;
             let (loss, count) = causal_lm_loss(logits, &batch.labels)?;
             let weighted = loss.mul_scalar(count as f64 / scored as f64);
+            self.mark(
+                Phase::Forward,
+                weighted.clone().detach().inner().unsqueeze(),
+            )
+            .await?;
             let g = weighted.backward();
             let value = weighted.detach().inner();
             loss_total = Some(match loss_total.take() {
@@ -146,6 +179,9 @@ impl Trainer {
             }
         }
         let mut grads: Vec<Tensor<2>> = grads.into_iter().flatten().collect();
+        if let Some(first) = grads.first() {
+            self.mark(Phase::Backward, first.clone()).await?;
+        }
         if let Some(m) = &self.masks {
             grads = grads
                 .into_iter()
@@ -194,6 +230,9 @@ impl Trainer {
             .zip(inner)
         {
             *slot = Tensor::from_inner(new);
+        }
+        if let Some((_, first)) = adapters::named_parameters(&self.model).into_iter().next() {
+            self.mark(Phase::Optimizer, first.inner()).await?;
         }
         let tokens = micro.iter().map(|b| b.tokens).sum();
         Ok(StepMetrics {

@@ -1,18 +1,18 @@
-//! Our WGSL kernels: every shader validates with naga (all template variants), and the fused
-//! quantized matmul equals the dense reference (dequantize, then matmul in f64) on odd shapes in
+//! Our WGSL kernels: every shader validates with naga (all template variants) and stays within
+//! WebGPU's default 16 KiB of workgroup memory, and the fused quantized matmul equals the dense reference (dequantize, then matmul in f64) on odd shapes in
 //! both directions and through autodiff, on wgpu.
 
 use crate::common::{block, device};
 use burn::tensor::{Device, Tensor, TensorData};
 use wgtune::backend::{BackendChoice, select};
-use wgtune::kernels::qmatmul::{PackedHost, PackedWeight, QLayout, fill_template};
+use wgtune::kernels::qmatmul::{PackedHost, PackedWeight};
 use wgtune::kernels::{SHADERS, has_wgsl_kernels};
 use wgtune::model::read_f32;
 use wgtune::quant::ggml::GgmlType;
 use wgtune::quant::nf4::quantize_nf4;
 
 /// Deterministic values in [-1, 1) with a few large outliers.
-fn values(n: usize, seed: u32) -> Vec<f32> {
+pub(crate) fn values(n: usize, seed: u32) -> Vec<f32> {
     let mut s = seed;
     (0..n)
         .map(|i| {
@@ -28,7 +28,7 @@ fn weights(n: usize, k: usize) -> Vec<PackedHost> {
     let mut nf4 = quantize_nf4(&values(n * k, 7), 64).unwrap();
     nf4.shape = vec![n, k];
     let mut out = vec![PackedHost::from_nf4(&nf4).unwrap()];
-    if k % 32 != 0 {
+    if !k.is_multiple_of(32) {
         return out; // ggml rows are whole 32-blocks
     }
     for (i, ty) in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0]
@@ -67,7 +67,7 @@ fn reference(a: &[f32], m: usize, r: usize, c: usize, b: impl Fn(usize, usize) -
 }
 
 /// Largest difference relative to the largest reference magnitude.
-fn rel_err(got: &[f32], want: &[f32]) -> f32 {
+pub(crate) fn rel_err(got: &[f32], want: &[f32]) -> f32 {
     assert_eq!(got.len(), want.len());
     let scale = want.iter().fold(0f32, |a, b| a.max(b.abs())).max(1e-30);
     got.iter()
@@ -76,32 +76,62 @@ fn rel_err(got: &[f32], want: &[f32]) -> f32 {
         / scale
 }
 
-fn upload(v: Vec<f32>, shape: [usize; 2], device: &Device) -> Tensor<2> {
+pub(crate) fn upload<const D: usize>(v: Vec<f32>, shape: [usize; D], device: &Device) -> Tensor<D> {
     Tensor::from_data(TensorData::new(v, shape), device)
 }
 
+/// WebGPU's default `maxComputeWorkgroupStorageSize`.
+const WORKGROUP_BYTES: u32 = 16 * 1024;
+
 #[test]
 fn every_shader_validates_with_naga() {
-    let variants: Vec<(QLayout, bool)> = weights(2, 64)
-        .iter()
-        .flat_map(|w| [(w.layout, false), (w.layout, true)])
+    let mut listed: Vec<&str> = SHADERS.iter().map(|s| s.file).collect();
+    listed.sort_unstable();
+    let mut on_disk: Vec<String> = std::fs::read_dir(crate::common::root().join("shaders"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|f| f.ends_with(".wgsl"))
         .collect();
-    for (file, text) in SHADERS {
-        for (layout, input_grad) in &variants {
-            let src = fill_template(
-                burn::backend::wgpu::SourceTemplate::new(*text),
-                layout,
-                *input_grad,
-            )
-            .complete();
+    on_disk.sort_unstable();
+    assert_eq!(
+        listed, on_disk,
+        "every shaders/*.wgsl is in kernels::SHADERS"
+    );
+    for shader in SHADERS {
+        let file = shader.file;
+        let on_disk = std::fs::read_to_string(crate::common::root().join("shaders").join(file));
+        assert_eq!(
+            on_disk.unwrap(),
+            shader.source,
+            "{file}: SHADERS holds the file's text"
+        );
+        let variants = (shader.variants)();
+        assert!(!variants.is_empty(), "{file} has no variants");
+        for (what, src) in variants {
+            assert!(
+                !src.contains("{{"),
+                "{file} {what}: unfilled template value"
+            );
             let module = naga::front::wgsl::parse_str(&src)
-                .unwrap_or_else(|e| panic!("{file}: {}", e.emit_to_string(&src)));
+                .unwrap_or_else(|e| panic!("{file} {what}: {}", e.emit_to_string(&src)));
             naga::valid::Validator::new(
                 naga::valid::ValidationFlags::all(),
                 naga::valid::Capabilities::default(),
             )
             .validate(&module)
-            .unwrap_or_else(|e| panic!("{file} {layout:?} {input_grad}: {e:?}"));
+            .unwrap_or_else(|e| panic!("{file} {what}: {e:?}"));
+            let mut layouter = naga::proc::Layouter::default();
+            layouter.update(module.to_ctx()).unwrap();
+            let shared: u32 = module
+                .global_variables
+                .iter()
+                .filter(|(_, g)| g.space == naga::AddressSpace::WorkGroup)
+                .map(|(_, g)| layouter[g.ty].size)
+                .sum();
+            assert!(
+                shared <= WORKGROUP_BYTES,
+                "{file} {what}: {shared} bytes of workgroup memory"
+            );
         }
     }
 }

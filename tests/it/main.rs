@@ -1,12 +1,15 @@
 //! Integration tests: the engine against reference fixtures from transformers (tests/fixtures/gen.py),
 //! the real SmolLM2 GGUF, and the CLI's handling of bad input.
 
+mod bench;
 mod bnb_quantize;
 mod cli_errors;
 mod common;
 mod hf_fixtures;
 mod kernels;
 mod loftq;
+mod oft_kernels;
+mod par;
 mod peft_fixtures;
 mod smollm2;
 mod train_cli;

@@ -259,6 +259,12 @@ fn oft_v1_baseline_matches_v2() {
     }
 }
 
+/// block_share on wgpu: the fused rotation with one R for every block (and the fused Cayley).
+#[test]
+fn oft_block_share_wgpu() {
+    check_case("oft_block_share", "wgpu");
+}
+
 #[test]
 fn oft_exact_wgpu() {
     check_case("oft_exact", "wgpu");
