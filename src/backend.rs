@@ -63,20 +63,33 @@ fn cpu(reason: &str) -> SelectedBackend {
 
 /// The wgpu runtime, initialised once per process (burn refuses a second initialisation).
 #[cfg(not(target_arch = "wasm32"))]
-fn wgpu_runtime() -> &'static Result<(Device, burn::tensor::wgpu::wgpu::AdapterInfo, String), String>
-{
-    static RUNTIME: std::sync::OnceLock<
-        Result<(Device, burn::tensor::wgpu::wgpu::AdapterInfo, String), String>,
-    > = std::sync::OnceLock::new();
+fn wgpu_runtime() -> &'static Result<WgpuRuntime, String> {
+    static RUNTIME: std::sync::OnceLock<Result<WgpuRuntime, String>> = std::sync::OnceLock::new();
     RUNTIME.get_or_init(|| {
         Device::wgpu_options()
             .init_with_setup()
             .map(|(device, setup)| {
                 let features = shader_features(setup.device.features());
-                (device, setup.adapter.get_info(), features)
+                (device, setup.adapter.get_info(), features, setup)
             })
             .map_err(|e| e.to_string())
     })
+}
+
+/// burn's wgpu device, its adapter's description, its shader features and the wgpu handles.
+#[cfg(not(target_arch = "wasm32"))]
+type WgpuRuntime = (
+    Device,
+    burn::tensor::wgpu::wgpu::AdapterInfo,
+    String,
+    burn::tensor::wgpu::WgpuSetup,
+);
+
+/// The wgpu instance, adapter, device and queue of burn's wgpu runtime (initialising it), so the
+/// desktop app can render on the very device the training uses; `None` without a wgpu adapter.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn shared_wgpu_setup() -> Option<burn::tensor::wgpu::WgpuSetup> {
+    wgpu_runtime().as_ref().ok().map(|r| r.3.clone())
 }
 
 /// The optional shader features the device enabled that matter to our kernels, for the backend
@@ -109,7 +122,7 @@ pub fn select(choice: BackendChoice) -> Result<SelectedBackend, String> {
         return Ok(cpu(""));
     }
     match wgpu_runtime() {
-        Ok((device, info, features)) => {
+        Ok((device, info, features, _)) => {
             let device = device.clone();
             let software = info.device_type == DeviceType::Cpu;
             if software && choice == BackendChoice::Auto {

@@ -50,11 +50,25 @@ def base_model(args, method, workdir):
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32)
     if args.model:
+        path = args.model
         if args.model.endswith(".gguf"):
-            kwargs["gguf_file"] = os.path.basename(args.model)
+            gguf = dict(gguf_file=os.path.basename(args.model))
             path = os.path.dirname(os.path.abspath(args.model))
-        else:
-            path = args.model
+            if quant:
+                # transformers cannot quantize while loading a GGUF: dequantize it to an f32 folder
+                # once, then load that with bitsandbytes.
+                dense = os.path.join(workdir, "gguf-f32")
+                if not os.path.isdir(dense):
+                    m = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, **gguf)
+                    cfg = m.config
+                    if hasattr(cfg, "quantization_config"):
+                        del cfg.quantization_config  # the GGUF tag; the weights are f32 now
+                    fresh = type(m)(cfg)
+                    fresh.load_state_dict(m.state_dict())
+                    fresh.save_pretrained(dense)
+                path = dense
+            else:
+                kwargs.update(gguf)
     else:
         path = os.path.join(workdir, "random")
         if not os.path.isdir(path):

@@ -1,4 +1,5 @@
-//! The headless command line: `wgtune generate | eval | inspect | bench`. Every command prints
+//! The command line: `wgtune generate | eval | inspect | bench | train | merge | quantize | gui`
+//! (no command opens the desktop app). Every command prints
 //! one readable line on error and exits non-zero; nothing user-supplied can panic it.
 
 use super::files::{DirSource, model_source, read_blob, write_atomic};
@@ -19,9 +20,9 @@ use std::path::{Path, PathBuf};
 #[derive(Parser, Debug)]
 #[command(name = "wgtune", version, about)]
 pub struct Cli {
-    /// What to do.
+    /// What to do (none: open the desktop app).
     #[command(subcommand)]
-    pub command: Command,
+    pub command: Option<Command>,
 }
 
 /// Sub-commands.
@@ -41,6 +42,9 @@ pub enum Command {
     Merge(MergeArgs),
     /// Write a bitsandbytes 4-bit (NF4) HF checkpoint of a model.
     Quantize(super::quantize::QuantizeArgs),
+    /// Open the desktop app (also what `wgtune` with no command does).
+    #[cfg(not(target_arch = "wasm32"))]
+    Gui(super::gui::GuiArgs),
 }
 
 /// Options shared by every command that runs a model.
@@ -188,7 +192,11 @@ pub struct BenchArgs {
 
 /// Run the parsed command line.
 pub fn run(cli: Cli) -> Result<()> {
-    match cli.command {
+    let Some(command) = cli.command else {
+        return super::gui::run_gui(super::gui::GuiArgs::default());
+    };
+    match command {
+        Command::Gui(a) => super::gui::run_gui(a),
         Command::Generate(a) => cmd_generate(a),
         Command::Eval(a) => cmd_eval(a),
         Command::Inspect(a) => cmd_inspect(a),

@@ -1,6 +1,7 @@
 //! `wgtune train --no-gui`: resolve the run (flags over `--config` file), load model and data,
 //! attach or load the adapter, run the steps with a progress bar, append every step to
-//! `OUT/metrics.jsonl`, write checkpoints atomically, and save the peft adapter at the end.
+//! `OUT/metrics.jsonl`, write checkpoints atomically, and save the peft adapter at the end. The
+//! loop itself ([`run_training`]) is shared with the desktop app, which drives it from a thread.
 
 use super::cli::{load, pick_backend, read_examples};
 use super::files::{DirSource, write_atomic};
@@ -16,7 +17,8 @@ use anyhow::{Context, Result, bail};
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 /// `wgtune train` arguments: the run settings plus where they come from.
 #[derive(clap::Args, Debug)]
@@ -24,7 +26,8 @@ pub struct TrainArgs {
     /// TOML run file (keys are the flag names with `_`); flags override it.
     #[arg(long)]
     pub config: Option<PathBuf>,
-    /// Run headless (the desktop app is the default front end once it lands).
+    /// Run headless (`wgtune train` always does; `wgtune gui --config FILE` opens the same run in
+    /// the desktop app).
     #[arg(long)]
     pub no_gui: bool,
     #[command(flatten)]
@@ -47,11 +50,76 @@ pub fn resolve(a: &TrainArgs) -> Result<RunConfig> {
     Ok(file.overlay(&a.run))
 }
 
+/// What the training loop reports to its front end (the CLI's progress bar and log lines, the
+/// GUI's curves). The metrics file gets the same `Step` lines whatever the front end.
+#[derive(Debug, Clone)]
+pub enum TrainEvent {
+    /// A line for the user (data warnings, base summary, resume notice).
+    Log(String),
+    /// Model, data and adapter are ready; the steps start now.
+    Started {
+        /// Steps done already (non-zero when resumed).
+        first_step: u64,
+        /// Steps the run is scheduled for.
+        total: usize,
+        /// Trainable adapter parameters.
+        trainable: usize,
+        /// Backend description (e.g. `cpu (burn flex backend)`).
+        backend: String,
+    },
+    /// One line of `metrics.jsonl` (a step, or the eval before training): step, loss, lr,
+    /// grad_norm, tokens_per_s, mem, eval_loss.
+    Metrics(serde_json::Value),
+    /// A checkpoint was written after this step.
+    Checkpoint(u64),
+    /// The adapter was written to the output folder after this step.
+    AdapterSaved(u64),
+}
+
+/// Requests from the front end to a running training loop, checked between steps.
+#[derive(Debug, Default)]
+pub struct TrainControl {
+    /// Finish after the current step: checkpoint and adapter are written as at the end.
+    pub stop: AtomicBool,
+    /// Hold between steps until cleared (or `stop`).
+    pub pause: AtomicBool,
+    /// Write the adapter (peft format) to the output folder after the current step.
+    pub save_adapter: AtomicBool,
+}
+
+/// What a finished (or stopped) run leaves behind, for the summary.
+#[derive(Debug, Clone)]
+pub struct TrainSummary {
+    /// Method name (`LoRA`, `OFTv2`).
+    pub method: &'static str,
+    /// Base model path.
+    pub model: PathBuf,
+    /// Backend description.
+    pub backend: String,
+    /// Steps completed in total.
+    pub steps: u64,
+    /// Steps done by this run.
+    pub steps_this_run: u64,
+    /// Wall time of this run.
+    pub secs: f64,
+    /// Last step's metrics.
+    pub last: Option<StepMetrics>,
+    /// Last eval loss.
+    pub last_eval: Option<f64>,
+    /// Output folder.
+    pub out: PathBuf,
+    /// True when the run used `init = loftq` (the adapter belongs to OUT/base-nf4).
+    pub loftq: bool,
+    /// True when the front end stopped the run before its last step.
+    pub stopped: bool,
+}
+
 /// Rows of the data file, tokenized, truncated and (optionally) packed.
 fn read_data(
     run: &RunConfig,
     path: &Path,
     lm: &crate::model::loader::LoadedModel,
+    sink: &mut dyn FnMut(TrainEvent),
 ) -> Result<Vec<Example>> {
     let on_bad_line = match run.on_bad_line.as_deref().unwrap_or("stop") {
         "stop" => BadLine::Stop,
@@ -65,15 +133,18 @@ fn read_data(
     };
     let (examples, report) = read_examples(path, lm, &opts)?;
     for (line, msg) in &report.skipped {
-        eprintln!("warning: {}:{line}: skipped: {msg}", path.display());
+        sink(TrainEvent::Log(format!(
+            "warning: {}:{line}: skipped: {msg}",
+            path.display()
+        )));
     }
     if report.truncated > 0 || report.dropped_unscored > 0 {
-        eprintln!(
+        sink(TrainEvent::Log(format!(
             "data: {} examples ({} truncated to {max_seq_len} tokens, {} dropped with nothing to score)",
             examples.len(),
             report.truncated,
             report.dropped_unscored
-        );
+        )));
     }
     Ok(if run.packing.unwrap_or(false) {
         pack(&examples, max_seq_len)
@@ -88,6 +159,93 @@ pub fn cmd_train(a: TrainArgs) -> Result<()> {
     if matches!(run.method.as_deref(), Some("lora-par" | "qlora-par")) {
         return super::par::cmd_train_par(run);
     }
+    let mut bar: Option<indicatif::ProgressBar> = None;
+    let mut sink = |e: TrainEvent| match e {
+        TrainEvent::Log(line) => eprintln!("{line}"),
+        TrainEvent::Started {
+            first_step, total, ..
+        } => {
+            let b = indicatif::ProgressBar::new(total as u64);
+            b.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{bar:30} {pos}/{len} {msg} [{elapsed_precise} < {eta_precise}]",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            b.set_position(first_step);
+            bar = Some(b);
+        }
+        TrainEvent::Metrics(v) => {
+            if let (Some(b), Some(step), Some(loss)) =
+                (&bar, v["step"].as_u64(), v["loss"].as_f64())
+            {
+                b.set_message(format!(
+                    "loss {loss:.4} lr {:.2e} {:.0} tok/s",
+                    v["lr"].as_f64().unwrap_or(0.0),
+                    v["tokens_per_s"].as_f64().unwrap_or(0.0)
+                ));
+                b.set_position(step);
+            }
+        }
+        TrainEvent::Checkpoint(_) | TrainEvent::AdapterSaved(_) => {}
+    };
+    let result = run_training(&run, &TrainControl::default(), &mut sink);
+    let s = match result {
+        Ok(s) => s,
+        Err(e) => {
+            if let Some(b) = &bar {
+                b.abandon();
+            }
+            return Err(e);
+        }
+    };
+    if let Some(b) = &bar {
+        b.finish();
+    }
+    print_summary(&s);
+    Ok(())
+}
+
+/// The end-of-run summary `wgtune train` prints.
+fn print_summary(s: &TrainSummary) {
+    println!("── wgtune train ─────────────────────────────────────────");
+    println!("method        {} on {}", s.method, s.model.display());
+    println!("backend       {}", s.backend);
+    println!(
+        "steps         {} (this run: {} in {:.1}s)",
+        s.steps, s.steps_this_run, s.secs
+    );
+    if let Some(m) = &s.last {
+        println!(
+            "final loss    {:.4}  (grad norm {:.3}, lr {:.2e})",
+            m.loss, m.grad_norm, m.lr
+        );
+    }
+    if let Some(e) = s.last_eval {
+        println!("eval loss     {e:.4}  (perplexity {:.3})", e.exp());
+    }
+    println!(
+        "adapter       {}/adapter_model.safetensors (peft format)",
+        s.out.display()
+    );
+    if s.loftq {
+        println!(
+            "base          {} (LoftQ NF4 base for this adapter)",
+            s.out.join(LOFTQ_BASE).display()
+        );
+    }
+    println!("metrics       {}", s.out.join("metrics.jsonl").display());
+}
+
+/// The training loop behind `wgtune train` and the desktop app: resolve model, data and adapter
+/// from `run`, train (resuming from OUT/checkpoint when asked), append every step to
+/// OUT/metrics.jsonl, write checkpoints and the peft adapter; report progress through `sink` and
+/// obey `ctl` between steps. LoRA-PAR runs go through [`super::par::cmd_train_par`] instead.
+pub fn run_training(
+    run: &RunConfig,
+    ctl: &TrainControl,
+    sink: &mut dyn FnMut(TrainEvent),
+) -> Result<TrainSummary> {
     let model_path = PathBuf::from(
         run.require(&run.model, "model")
             .map_err(anyhow::Error::msg)?,
@@ -119,14 +277,14 @@ pub fn cmd_train(a: TrainArgs) -> Result<()> {
         None => (load(&model_path, &device, quantize.as_deref())?, None),
     };
     let base = lm.model.base_summary();
-    eprintln!(
+    sink(TrainEvent::Log(format!(
         "base: {} decoder linears packed for the fused kernel ({:.1} MiB), {} dense f32 ({:.1} MiB)",
         base.packed,
         base.packed_bytes as f64 / 1048576.0,
         base.dense,
         base.dense_bytes as f64 / 1048576.0
-    );
-    let data = read_data(&run, &data_path, &lm)?;
+    )));
+    let data = read_data(run, &data_path, &lm, sink)?;
     let seed = run.seed.unwrap_or(42);
     let (train, eval) = split_eval(data, run.eval_split.unwrap_or(0.0), seed);
     if train.is_empty() {
@@ -146,10 +304,10 @@ pub fn cmd_train(a: TrainArgs) -> Result<()> {
         Some(dir) => {
             let c = load_adapter(&DirSource::new(dir), &mut lm.model)?;
             if c.method != adapter_cfg.method || c.target_modules != adapter_cfg.target_modules {
-                eprintln!(
+                sink(TrainEvent::Log(format!(
                     "init adapter {dir}: using its own settings ({:?})",
                     c.method
-                );
+                )));
             }
             c
         }
@@ -181,21 +339,21 @@ pub fn cmd_train(a: TrainArgs) -> Result<()> {
             .restore(&bytes)
             .map_err(|e| anyhow::anyhow!("{}: {e}", ckpt_path.display()))?;
         keep_metrics_up_to(&metrics_path, trainer.step_count())?;
-        eprintln!(
+        sink(TrainEvent::Log(format!(
             "resumed from {} at step {}",
             ckpt_path.display(),
             trainer.step_count()
-        );
+        )));
     } else if metrics_path.exists() {
         std::fs::remove_file(&metrics_path)?;
     }
     std::fs::write(out.join("run.toml"), run.to_toml())?;
-    eprintln!(
+    sink(TrainEvent::Log(format!(
         "training {} ({n_params} trainable parameters) on {} examples ({} eval), {total} steps of {bs}x{accum}",
         method_name(&cfg),
         train.len(),
         eval.len()
-    );
+    )));
     let shuffle = !run.no_shuffle.unwrap_or(false);
     let mut orders: HashMap<usize, Vec<usize>> = HashMap::new();
     let mut pick = |g: usize| -> &Example {
@@ -211,14 +369,17 @@ pub fn cmd_train(a: TrainArgs) -> Result<()> {
         .chunks(bs)
         .map(|c| make_batch(&c.iter().collect::<Vec<_>>(), pad))
         .collect();
-    let bar = indicatif::ProgressBar::new(total as u64);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{bar:30} {pos}/{len} {msg} [{elapsed_precise} < {eta_precise}]",
-        )
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
-    bar.set_position(trainer.step_count());
+    // A LoftQ adapter belongs to the LoftQ base, not to the original weights.
+    let base_name = match loftq_iters {
+        Some(_) => out.join(LOFTQ_BASE),
+        None => model_path.clone(),
+    };
+    sink(TrainEvent::Started {
+        first_step: trainer.step_count(),
+        total,
+        trainable: n_params,
+        backend: backend.description.clone(),
+    });
     let started = Instant::now();
     let first = trainer.step_count();
     let mut last: Option<StepMetrics> = None;
@@ -229,15 +390,23 @@ pub fn cmd_train(a: TrainArgs) -> Result<()> {
         .open(&metrics_path)?;
     if !eval_batches.is_empty() && trainer.step_count() == 0 {
         let el = pollster::block_on(trainer.eval_loss(&eval_batches))?;
-        writeln!(
-            metrics_file,
-            "{}",
-            serde_json::json!({"step": 0, "eval_loss": el})
-        )?;
-        eprintln!("eval loss before training: {el:.4}");
+        let line = serde_json::json!({"step": 0, "eval_loss": el});
+        writeln!(metrics_file, "{line}")?;
+        sink(TrainEvent::Log(format!(
+            "eval loss before training: {el:.4}"
+        )));
+        sink(TrainEvent::Metrics(line));
         last_eval = Some(el);
     }
+    let mut stopped = false;
     while (trainer.step_count() as usize) < total {
+        while ctl.pause.load(Ordering::Relaxed) && !ctl.stop.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if ctl.stop.load(Ordering::Relaxed) {
+            stopped = true;
+            break;
+        }
         let s = trainer.step_count() as usize;
         let micro: Vec<_> = (0..accum)
             .map(|k| {
@@ -250,7 +419,6 @@ pub fn cmd_train(a: TrainArgs) -> Result<()> {
         let m = match pollster::block_on(trainer.step(&micro)) {
             Ok(m) => m,
             Err(e @ TrainError::NonFinite { .. }) => {
-                bar.abandon();
                 bail!(
                     "{e}; stopped. The last good checkpoint is {} (step {}).",
                     ckpt_path.display(),
@@ -272,64 +440,46 @@ pub fn cmd_train(a: TrainArgs) -> Result<()> {
             last_eval = Some(el);
         }
         writeln!(metrics_file, "{line}")?;
-        bar.set_message(format!(
-            "loss {:.4} lr {:.2e} {:.0} tok/s",
-            m.loss, m.lr, tps
-        ));
-        bar.set_position(m.step);
+        sink(TrainEvent::Metrics(line));
         if due(save_every) {
             save_checkpoint(&trainer, &ckpt_path)?;
+            sink(TrainEvent::Checkpoint(m.step));
+        }
+        if ctl.save_adapter.swap(false, Ordering::Relaxed) {
+            write_adapter(&trainer, &out, &base_name)?;
+            sink(TrainEvent::AdapterSaved(m.step));
         }
         last = Some(m);
     }
-    bar.finish();
     save_checkpoint(&trainer, &ckpt_path)?;
-    // A LoftQ adapter belongs to the LoftQ base, not to the original weights.
-    let base_name = match loftq_iters {
-        Some(_) => out.join(LOFTQ_BASE),
-        None => model_path.clone(),
-    };
+    sink(TrainEvent::Checkpoint(trainer.step_count()));
+    write_adapter(&trainer, &out, &base_name)?;
+    sink(TrainEvent::AdapterSaved(trainer.step_count()));
+    Ok(TrainSummary {
+        method: method_name(&cfg),
+        model: model_path,
+        backend: backend.description,
+        steps: trainer.step_count(),
+        steps_this_run: trainer.step_count() - first,
+        secs: started.elapsed().as_secs_f64(),
+        last,
+        last_eval,
+        out,
+        loftq: loftq_iters.is_some(),
+        stopped,
+    })
+}
+
+/// Write the trainer's adapter in peft format to `out` (adapter_config.json + weights).
+fn write_adapter(trainer: &Trainer, out: &Path, base_name: &Path) -> Result<()> {
     let (json, bytes) = pollster::block_on(save_adapter(
         &trainer.model,
-        &cfg,
+        &trainer.adapter,
         &base_name.display().to_string(),
     ))
     .map_err(anyhow::Error::msg)?;
     write_atomic(&out.join("adapter_config.json"), json.as_bytes())?;
     write_atomic(&out.join("adapter_model.safetensors"), &bytes)?;
-    let secs = started.elapsed().as_secs_f64();
-    println!("── wgtune train ─────────────────────────────────────────");
-    println!(
-        "method        {} on {}",
-        method_name(&cfg),
-        model_path.display()
-    );
-    println!("backend       {}", backend.description);
-    println!(
-        "steps         {} (this run: {} in {secs:.1}s)",
-        trainer.step_count(),
-        trainer.step_count() - first
-    );
-    if let Some(m) = &last {
-        println!(
-            "final loss    {:.4}  (grad norm {:.3}, lr {:.2e})",
-            m.loss, m.grad_norm, m.lr
-        );
-    }
-    if let Some(e) = last_eval {
-        println!("eval loss     {e:.4}  (perplexity {:.3})", e.exp());
-    }
-    println!(
-        "adapter       {}/adapter_model.safetensors (peft format)",
-        out.display()
-    );
-    if loftq_iters.is_some() {
-        println!(
-            "base          {} (LoftQ NF4 base for this adapter)",
-            out.join(LOFTQ_BASE).display()
-        );
-    }
-    println!("metrics       {}", metrics_path.display());
     Ok(())
 }
 

@@ -232,6 +232,8 @@ pub struct RlMetrics {
     pub lr: f64,
     /// Gradient norm before clipping.
     pub grad_norm: f64,
+    /// The step's first completion, as text (for a look at what the policy writes).
+    pub sample: String,
 }
 
 /// Per-token log-probabilities `[G, L]` of `completions` after the shared `prompt`, and the mask.
@@ -326,6 +328,7 @@ pub async fn grpo_step(
     let mut groups = Vec::with_capacity(items.len());
     let mut rewards = Vec::new();
     let mut lens = Vec::new();
+    let mut sample = None;
     for (i, item) in items.iter().enumerate() {
         let s = seed
             .wrapping_mul(1_000_003)
@@ -333,7 +336,9 @@ pub async fn grpo_step(
         let sampled = sample_group(&trainer.model, item, cfg, s).await?;
         let mut comps = Vec::with_capacity(sampled.len());
         for (tokens, on_eos) in sampled {
-            rewards.push(reward.score(&decode(&tokens), &item.reference));
+            let text = decode(&tokens);
+            rewards.push(reward.score(&text, &item.reference));
+            sample.get_or_insert(text);
             let mut c = tokens;
             if on_eos && let Some(e) = eos {
                 c.push(e);
@@ -451,6 +456,7 @@ pub async fn grpo_step(
         kl,
         lr,
         grad_norm,
+        sample: sample.unwrap_or_default(),
     })
 }
 

@@ -1,5 +1,6 @@
-//! `wgtune bench --methods` writes JSON that validates against benches/schema.json, with parameter
-//! counts that follow from the settings. No timing is asserted.
+//! `wgtune bench --methods` writes JSON that validates against benches/schema.json (as do the
+//! committed result files, ours and the torch+peft peer's), with parameter counts that follow
+//! from the settings. No timing is asserted.
 
 use crate::common::root;
 use serde_json::Value;
@@ -107,4 +108,21 @@ fn step_bench_json_matches_schema_and_settings() {
         assert!(x["tokens_per_s"].as_f64().unwrap() > 0.0);
         assert_eq!(x["dense_linears"], 7, "cpu: every base linear dense");
     }
+}
+
+#[test]
+fn committed_results_match_schema() {
+    let dir = root().join("benches/results");
+    let mut tools = Vec::new();
+    for e in std::fs::read_dir(&dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_some_and(|x| x == "json") {
+            let v: Value = serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+            validate(&v, &schema(), &p.display().to_string()).unwrap();
+            tools.push(v["tool"].as_str().unwrap().to_string());
+        }
+    }
+    tools.sort();
+    tools.dedup();
+    assert_eq!(tools, ["torch+peft", "wgtune"], "{}", dir.display());
 }

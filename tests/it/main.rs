@@ -5,6 +5,7 @@ mod bench;
 mod bnb_quantize;
 mod cli_errors;
 mod common;
+mod gui;
 mod hf_fixtures;
 mod kernels;
 mod loftq;
