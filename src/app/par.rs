@@ -217,13 +217,7 @@ pub fn cmd_train_par(run: RunConfig) -> Result<()> {
         bail!("--resume is not supported for lora-par (each run recomputes the split and masks)");
     }
     let reward = Reward::parse(&s.reward).map_err(anyhow::Error::msg)?;
-    let backend = pick_backend(
-        run.backend
-            .as_deref()
-            .unwrap_or("auto")
-            .parse()
-            .map_err(anyhow::Error::msg)?,
-    )?;
+    let backend = pick_backend(run.backend_choice().map_err(anyhow::Error::msg)?)?;
     let device = backend.device.clone().autodiff();
     let mut lm = load(&model_path, &device, run.base_quantization().as_deref())?;
     let tokenizer = lm

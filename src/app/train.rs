@@ -254,13 +254,7 @@ pub fn run_training(
     let out = PathBuf::from(run.require(&run.out, "out").map_err(anyhow::Error::msg)?);
     let adapter_cfg = run.adapter().map_err(anyhow::Error::msg)?;
     let loftq_iters = run.loftq_iters().map_err(anyhow::Error::msg)?;
-    let backend = pick_backend(
-        run.backend
-            .as_deref()
-            .unwrap_or("auto")
-            .parse()
-            .map_err(anyhow::Error::msg)?,
-    )?;
+    let backend = pick_backend(run.backend_choice().map_err(anyhow::Error::msg)?)?;
     let quantize = run.base_quantization();
     let device = backend.device.clone().autodiff();
     let (mut lm, mut loftq_pairs) = match loftq_iters {

@@ -14,7 +14,6 @@ use crate::adapters;
 use crate::model::generate::{SamplingConfig, generate};
 use crate::model::llama::Llama;
 use crate::model::read_f32;
-use crate::train::optim::{global_norm, learning_rate};
 use crate::train::trainer::{TrainError, Trainer};
 use burn::tensor::{Int, Tensor, TensorData, activation::log_softmax};
 use serde::Serialize;
@@ -442,7 +441,7 @@ pub async fn grpo_step(
         }
         .into());
     }
-    let (lr, grad_norm) = apply_update(trainer, params, grads).await?;
+    let (lr, grad_norm) = trainer.apply_gradients(params, grads).await?;
     let n = rewards.len() as f64;
     let mean = rewards.iter().sum::<f64>() / n;
     let std = (rewards.iter().map(|r| (r - mean).powi(2)).sum::<f64>() / n).sqrt();
@@ -458,50 +457,6 @@ pub async fn grpo_step(
         grad_norm,
         sample: sample.unwrap_or_default(),
     })
-}
-
-/// The update half of a [`Trainer::step`] for another objective: mask the gradients (no update,
-/// no decay outside the mask), check and clip the global norm, scheduled AdamW, write back.
-pub async fn apply_update(
-    trainer: &mut Trainer,
-    params: Vec<Tensor<2>>,
-    mut grads: Vec<Tensor<2>>,
-) -> Result<(f64, f64), TrainError> {
-    let step = trainer.optimizer.step + 1;
-    if let Some(m) = &trainer.masks {
-        grads = grads
-            .into_iter()
-            .zip(m)
-            .map(|(g, m)| g * m.clone())
-            .collect();
-    }
-    let grad_norm = read_f32(global_norm(&grads)).await?[0] as f64;
-    if !grad_norm.is_finite() {
-        return Err(TrainError::NonFinite {
-            what: "gradient norm",
-            value: grad_norm,
-            step,
-        });
-    }
-    let max = trainer.config.max_grad_norm;
-    if max > 0.0 && grad_norm > max {
-        let coef = max / (grad_norm + 1e-6);
-        grads = grads.into_iter().map(|g| g.mul_scalar(coef)).collect();
-    }
-    let c = &trainer.config;
-    let lr = learning_rate(
-        c.lr,
-        c.schedule,
-        (step - 1) as usize,
-        c.warmup_steps,
-        c.total_steps,
-    );
-    let mut inner: Vec<Tensor<2>> = params.into_iter().map(|p| p.inner()).collect();
-    trainer
-        .optimizer
-        .update(&mut inner, &grads, trainer.masks.as_deref(), lr);
-    set_params(&mut trainer.model, inner);
-    Ok((lr, grad_norm))
 }
 
 /// Greedy accuracy of the model on `items` with `reward` (1 = correct), up to `max_new_tokens`.

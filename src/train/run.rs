@@ -279,6 +279,11 @@ impl RunConfig {
         Ok(cfg)
     }
 
+    /// The `backend` setting (`auto` when unset).
+    pub fn backend_choice(&self) -> Result<crate::backend::BackendChoice, String> {
+        self.backend.as_deref().unwrap_or("auto").parse()
+    }
+
     /// How to quantize the base on load: `--quantize`, or NF4 for the q-methods.
     pub fn base_quantization(&self) -> Option<String> {
         let q_method = matches!(self.method.as_deref(), Some("qlora" | "qoft" | "qlora-par"));

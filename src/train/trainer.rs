@@ -178,16 +178,9 @@ impl Trainer {
                 });
             }
         }
-        let mut grads: Vec<Tensor<2>> = grads.into_iter().flatten().collect();
+        let grads: Vec<Tensor<2>> = grads.into_iter().flatten().collect();
         if let Some(first) = grads.first() {
             self.mark(Phase::Backward, first.clone()).await?;
-        }
-        if let Some(m) = &self.masks {
-            grads = grads
-                .into_iter()
-                .zip(m)
-                .map(|(g, m)| g * m.clone())
-                .collect();
         }
         // One readback for the whole step (not one per micro-batch).
         let loss_sum = match loss_total {
@@ -200,6 +193,33 @@ impl Trainer {
                 value: loss_sum,
                 step,
             });
+        }
+        let (lr, grad_norm) = self.apply_gradients(params, grads).await?;
+        let tokens = micro.iter().map(|b| b.tokens).sum();
+        Ok(StepMetrics {
+            step,
+            loss: loss_sum,
+            lr,
+            grad_norm,
+            tokens,
+        })
+    }
+
+    /// The update half of a step, shared by every objective (SFT here, GRPO in `par`): mask the
+    /// gradients (no update and no decay outside the mask), check and clip the global norm, take
+    /// the scheduled AdamW step and write the parameters back. Returns `(lr, grad_norm)`.
+    pub async fn apply_gradients(
+        &mut self,
+        params: Vec<Tensor<2>>,
+        mut grads: Vec<Tensor<2>>,
+    ) -> Result<(f64, f64), TrainError> {
+        let step = self.optimizer.step + 1;
+        if let Some(m) = &self.masks {
+            grads = grads
+                .into_iter()
+                .zip(m)
+                .map(|(g, m)| g * m.clone())
+                .collect();
         }
         let grad_norm = read_f32(global_norm(&grads)).await?[0] as f64;
         if !grad_norm.is_finite() {
@@ -234,14 +254,7 @@ impl Trainer {
         if let Some((_, first)) = adapters::named_parameters(&self.model).into_iter().next() {
             self.mark(Phase::Optimizer, first.inner()).await?;
         }
-        let tokens = micro.iter().map(|b| b.tokens).sum();
-        Ok(StepMetrics {
-            step,
-            loss: loss_sum,
-            lr,
-            grad_norm,
-            tokens,
-        })
+        Ok((lr, grad_norm))
     }
 
     /// Token-weighted mean loss over `batches`, without gradients or dropout.
