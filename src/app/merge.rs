@@ -11,6 +11,7 @@ use anyhow::{Context, Result};
 use burn::tensor::Device;
 use serde_json::json;
 use std::collections::BTreeMap;
+use std::path::Path;
 
 /// HF `config.json` for a Llama with these hyper-parameters.
 pub fn hf_config(c: &LlamaConfig) -> serde_json::Value {
@@ -74,8 +75,27 @@ pub fn write_tokenizer_files(
 
 /// `wgtune merge --model M --adapter A --out DIR`.
 pub fn cmd_merge(a: MergeArgs) -> Result<()> {
-    let mut lm = load(&a.model, &Device::flex(), None)?;
-    load_adapter(&DirSource::new(&a.adapter), &mut lm.model)?;
+    let n = merge_into(&a.model, None, &a.adapter, &a.out)?;
+    println!(
+        "merged {} into {} ({n} tensors)",
+        a.adapter.display(),
+        a.out.display()
+    );
+    Ok(())
+}
+
+/// Merge the peft adapter folder `adapter` into the base `model` on the CPU and write an HF
+/// folder (config.json, model.safetensors in f32, tokenizer files) to `out`; returns the number
+/// of tensors written. `quantize` (`nf4`) quantizes the base on load first, so a QLoRA adapter
+/// merges into the base it was trained on. Shared by `wgtune merge` and the app's export button.
+pub fn merge_into(
+    model: &Path,
+    quantize: Option<&str>,
+    adapter: &Path,
+    out: &Path,
+) -> Result<usize> {
+    let mut lm = load(model, &Device::flex(), quantize)?;
+    load_adapter(&DirSource::new(adapter), &mut lm.model)?;
     for block in lm.model.layers.iter_mut() {
         for (_, lin) in block.linears_mut() {
             if let Some(ad) = lin.adapter.take() {
@@ -94,23 +114,16 @@ pub fn cmd_merge(a: MergeArgs) -> Result<()> {
         };
         tensors.insert(name, (shape, pollster::block_on(read_f32(t))?));
     }
-    std::fs::create_dir_all(&a.out)
-        .with_context(|| format!("{}: cannot create", a.out.display()))?;
+    std::fs::create_dir_all(out).with_context(|| format!("{}: cannot create", out.display()))?;
     let bytes = crate::io::safetensors::serialize_f32(
         &tensors,
         Some([("format".to_string(), "pt".to_string())].into()),
     )?;
-    write_atomic(&a.out.join("model.safetensors"), &bytes)?;
+    write_atomic(&out.join("model.safetensors"), &bytes)?;
     write_atomic(
-        &a.out.join("config.json"),
+        &out.join("config.json"),
         serde_json::to_string_pretty(&hf_config(c))?.as_bytes(),
     )?;
-    write_tokenizer_files(lm.tokenizer.as_ref(), lm.chat_template.as_ref(), &a.out)?;
-    println!(
-        "merged {} into {} ({} tensors)",
-        a.adapter.display(),
-        a.out.display(),
-        tensors.len()
-    );
-    Ok(())
+    write_tokenizer_files(lm.tokenizer.as_ref(), lm.chat_template.as_ref(), out)?;
+    Ok(tensors.len())
 }

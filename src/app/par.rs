@@ -6,8 +6,8 @@
 
 use super::cli::{load, pick_backend};
 use super::files::{model_source, read_blob, write_atomic};
+use super::train::{TrainControl, write_adapter};
 use crate::adapters;
-use crate::io::peft::save_adapter;
 use crate::model::loader::{LoadedModel, load_model};
 use crate::par::classify::{
     self, DEFAULT_TEMPLATES, LabelSource, Labelled, ModelVoter, data_label, heuristic, vote,
@@ -23,8 +23,10 @@ use crate::train::trainer::Trainer;
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 use std::io::Write;
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
 /// One data record with where it came from and its label.
 struct Item {
@@ -200,7 +202,10 @@ fn vote_all(
 }
 
 /// `wgtune train` with `--method lora-par` or `qlora-par`.
-pub fn cmd_train_par(run: RunConfig) -> Result<()> {
+/// `ctl` is obeyed between steps of both stages: pause holds, stop ends the run early (the
+/// adapter as it stands is written, stage 2 is skipped when stopped in stage 1), save-adapter
+/// writes the peft files now.
+pub fn cmd_train_par(run: RunConfig, ctl: &TrainControl) -> Result<()> {
     let started = Instant::now();
     let s = ParSettings::from_run(&run).map_err(anyhow::Error::msg)?;
     let model_path = PathBuf::from(
@@ -433,6 +438,22 @@ pub fn cmd_train_par(run: RunConfig) -> Result<()> {
         count_active(&active1),
         masks.len()
     );
+    // Between steps: hold while paused, write the adapter on request, end early on stop.
+    let base_name = model_path.clone();
+    let control = |t: &Trainer| -> Result<ControlFlow<()>, ParError> {
+        while ctl.pause.load(Ordering::Relaxed) && !ctl.stop.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if ctl.save_adapter.swap(false, Ordering::Relaxed) {
+            write_adapter(t, &out, &base_name).map_err(|e| ParError::Config(format!("{e:#}")))?;
+            eprintln!("adapter saved at step {}", t.step_count());
+        }
+        Ok(if ctl.stop.load(Ordering::Relaxed) {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        })
+    };
     begin_stage(&mut trainer, &active1, s.sft_lr, sft_steps)?;
     let bar = indicatif::ProgressBar::new(sft_steps as u64);
     let mut last_sft = None;
@@ -443,7 +464,7 @@ pub fn cmd_train_par(run: RunConfig) -> Result<()> {
         sft_steps,
         batching,
         pad,
-        |m| {
+        |m, t| {
             let tps = m.tokens as f64 / t_step.elapsed().as_secs_f64();
             t_step = Instant::now();
             let line = json!({"stage": "sft", "step": m.step, "loss": m.loss, "lr": m.lr,
@@ -452,13 +473,26 @@ pub fn cmd_train_par(run: RunConfig) -> Result<()> {
             bar.set_message(format!("sft loss {:.4}", m.loss));
             bar.inc(1);
             last_sft = Some(m.loss);
-            Ok(())
+            control(t)
         },
     ))?;
     bar.finish_and_clear();
-    let acc_before = accuracy(&trainer, "before stage 2", &mut metrics)?;
+    let stopped = |when: &str| {
+        let s = ctl.stop.load(Ordering::Relaxed);
+        if s {
+            eprintln!("stopped {when}: writing the adapter as it stands");
+        }
+        s
+    };
+    let stopped_in_sft = stopped("in stage 1");
+    let acc_before = if stopped_in_sft {
+        None
+    } else {
+        accuracy(&trainer, "before stage 2", &mut metrics)?
+    };
+    let rl_steps_run = if stopped_in_sft { 0 } else { rl_steps };
     eprintln!(
-        "stage 2 (GRPO): {rl_steps} steps of {} prompt(s) x {} completions on {} System-2 prompts, lr {:.1e}, {} of {} elements active",
+        "stage 2 (GRPO): {rl_steps_run} steps of {} prompt(s) x {} completions on {} System-2 prompts, lr {:.1e}, {} of {} elements active",
         s.grpo.prompts_per_step,
         s.grpo.group,
         rl_items.len(),
@@ -468,18 +502,18 @@ pub fn cmd_train_par(run: RunConfig) -> Result<()> {
     );
     trainer.config.seed = seed.wrapping_add(1);
     begin_stage(&mut trainer, &active2, s.rl_lr, rl_steps)?;
-    let bar = indicatif::ProgressBar::new(rl_steps as u64);
+    let bar = indicatif::ProgressBar::new(rl_steps_run as u64);
     let mut rewards = Vec::new();
     let mut t_step = Instant::now();
     pollster::block_on(rl_stage(
         &mut trainer,
         &rl_items,
-        rl_steps,
+        rl_steps_run,
         &s.grpo,
         &reward,
         &decode,
         batching,
-        |m| {
+        |m, t| {
             let mut line = serde_json::to_value(m).unwrap_or_default();
             line["stage"] = "rl".into();
             line["seconds"] = t_step.elapsed().as_secs_f64().into();
@@ -491,19 +525,16 @@ pub fn cmd_train_par(run: RunConfig) -> Result<()> {
             ));
             bar.inc(1);
             rewards.push(m.reward_mean);
-            Ok(())
+            control(t)
         },
     ))?;
     bar.finish_and_clear();
-    let acc_after = accuracy(&trainer, "after stage 2", &mut metrics)?;
-    let (json_cfg, bytes) = pollster::block_on(save_adapter(
-        &trainer.model,
-        &cfg,
-        &model_path.display().to_string(),
-    ))
-    .map_err(anyhow::Error::msg)?;
-    write_atomic(&out.join("adapter_config.json"), json_cfg.as_bytes())?;
-    write_atomic(&out.join("adapter_model.safetensors"), &bytes)?;
+    let acc_after = if stopped_in_sft || stopped("in stage 2") {
+        None
+    } else {
+        accuracy(&trainer, "after stage 2", &mut metrics)?
+    };
+    write_adapter(&trainer, &out, &model_path)?;
     println!("── wgtune train (LoRA-PAR) ──────────────────────────────");
     println!("model         {}", model_path.display());
     println!("backend       {}", backend.description);
@@ -514,13 +545,15 @@ pub fn cmd_train_par(run: RunConfig) -> Result<()> {
     let h = rewards.len() / 2;
     if h > 0 {
         println!(
-            "stage 2       {rl_steps} GRPO steps, mean reward first half {:.3}, second half {:.3}",
+            "stage 2       {} GRPO steps, mean reward first half {:.3}, second half {:.3}",
+            rewards.len(),
             mean(&rewards[..h]),
             mean(&rewards[h..])
         );
     } else {
         println!(
-            "stage 2       {rl_steps} GRPO steps, mean reward {:.3}",
+            "stage 2       {} GRPO steps, mean reward {:.3}",
+            rewards.len(),
             mean(&rewards)
         );
     }

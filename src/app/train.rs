@@ -157,7 +157,7 @@ fn read_data(
 pub fn cmd_train(a: TrainArgs) -> Result<()> {
     let run = resolve(&a)?;
     if matches!(run.method.as_deref(), Some("lora-par" | "qlora-par")) {
-        return super::par::cmd_train_par(run);
+        return super::par::cmd_train_par(run, &TrainControl::default());
     }
     let mut bar: Option<indicatif::ProgressBar> = None;
     let mut sink = |e: TrainEvent| match e {
@@ -465,7 +465,8 @@ pub fn run_training(
 }
 
 /// Write the trainer's adapter in peft format to `out` (adapter_config.json + weights).
-fn write_adapter(trainer: &Trainer, out: &Path, base_name: &Path) -> Result<()> {
+/// Write the trainer's adapter (peft files) into `out`, atomically.
+pub(crate) fn write_adapter(trainer: &Trainer, out: &Path, base_name: &Path) -> Result<()> {
     let (json, bytes) = pollster::block_on(save_adapter(
         &trainer.model,
         &trainer.adapter,

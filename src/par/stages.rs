@@ -14,6 +14,7 @@ use crate::train::optim::AdamW;
 use crate::train::trainer::{StepMetrics, Trainer};
 use burn::tensor::Tensor;
 use serde_json::Value;
+use std::ops::ControlFlow;
 
 /// Which stage, for logs and metrics.
 pub fn stage_name(system: System) -> &'static str {
@@ -71,14 +72,15 @@ pub struct Batching {
     pub seed: u64,
 }
 
-/// Stage 1: `steps` SFT steps on `examples` (after [`begin_stage`]), `on_step` after each.
+/// Stage 1: `steps` SFT steps on `examples` (after [`begin_stage`]), `on_step` after each; a
+/// `Break` from `on_step` ends the stage early (the front end's stop button).
 pub async fn sft_stage(
     trainer: &mut Trainer,
     examples: &[Example],
     steps: usize,
     b: Batching,
     pad: u32,
-    mut on_step: impl FnMut(&StepMetrics) -> Result<(), ParError>,
+    mut on_step: impl FnMut(&StepMetrics, &Trainer) -> Result<ControlFlow<()>, ParError>,
 ) -> Result<(), ParError> {
     if examples.is_empty() && steps > 0 {
         return Err(ParError::Config("stage 1 has no System-1 examples".into()));
@@ -102,13 +104,15 @@ pub async fn sft_stage(
             })
             .collect();
         let m = trainer.step(&micro).await?;
-        on_step(&m)?;
+        if on_step(&m, trainer)?.is_break() {
+            break;
+        }
     }
     Ok(())
 }
 
 /// Stage 2: `steps` GRPO steps on `items` (after [`begin_stage`]); the KL reference is the
-/// policy at the start of the stage.
+/// policy at the start of the stage. A `Break` from `on_step` ends the stage early.
 #[allow(clippy::too_many_arguments)]
 pub async fn rl_stage(
     trainer: &mut Trainer,
@@ -118,7 +122,7 @@ pub async fn rl_stage(
     reward: &Reward,
     decode: &dyn Fn(&[u32]) -> String,
     b: Batching,
-    mut on_step: impl FnMut(&RlMetrics) -> Result<(), ParError>,
+    mut on_step: impl FnMut(&RlMetrics, &Trainer) -> Result<ControlFlow<()>, ParError>,
 ) -> Result<(), ParError> {
     if items.is_empty() && steps > 0 {
         return Err(ParError::Config("stage 2 has no System-2 prompts".into()));
@@ -138,7 +142,9 @@ pub async fn rl_stage(
             })
             .collect();
         let m = grpo_step(trainer, &picked, cfg, reward, &reference, decode, b.seed).await?;
-        on_step(&m)?;
+        if on_step(&m, trainer)?.is_break() {
+            break;
+        }
     }
     Ok(())
 }

@@ -7,6 +7,7 @@
 use crate::common::*;
 use burn::tensor::{Tensor, TensorData};
 use serde_json::json;
+use std::ops::ControlFlow;
 use wgtune::adapters::mask::{ElementMasks, S1_ONLY, SHARED};
 use wgtune::adapters::named_parameters;
 use wgtune::app::files::DirSource;
@@ -248,9 +249,14 @@ fn masked_stages_leave_inactive_elements_bit_identical() {
     let before = values(&trainer);
     begin_stage(&mut trainer, &a1, 1e-2, 3).unwrap();
     let mut steps = 0;
-    block(sft_stage(&mut trainer, &examples("s1"), 3, b, 0, |_| {
+    // Asked for 4 steps, the callback stops it after 3 (the GUI's stop button).
+    block(sft_stage(&mut trainer, &examples("s1"), 4, b, 0, |_, _| {
         steps += 1;
-        Ok(())
+        Ok(if steps == 3 {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        })
     }))
     .unwrap();
     assert_eq!(steps, 3);
@@ -287,9 +293,9 @@ fn masked_stages_leave_inactive_elements_bit_identical() {
         &Reward::Number,
         &decode,
         b,
-        |m| {
+        |m, _| {
             log.push(m.clone());
-            Ok(())
+            Ok(ControlFlow::Continue(()))
         },
     ))
     .unwrap();
@@ -525,4 +531,47 @@ fn cli_lora_par_bad_label_names_the_line() {
         tmp.path().join("o").to_str().unwrap(),
     ]);
     assert!(String::from_utf8_lossy(&o.stderr).contains("must be odd"));
+}
+
+/// The desktop app's stop button during LoRA-PAR: the run ends after the current step, skips
+/// stage 2 and the accuracy evals, and still writes the peft adapter.
+#[test]
+fn lora_par_stop_ends_early_and_writes_the_adapter() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s1 = tmp.path().join("s1.jsonl");
+    let s2 = tmp.path().join("s2.jsonl");
+    std::fs::write(&s1, head_records("alpaca_en_demo.json", 6)).unwrap();
+    std::fs::write(&s2, head_records("asdiv_test.jsonl", 6)).unwrap();
+    let out = tmp.path().join("out");
+    let toml = format!(
+        "model = {:?}\ndata = {:?}\nrl_data = {:?}\nout = {:?}\nmethod = \"lora-par\"\nbackend = \"cpu\"\n\
+         par_samples = 1\nsft_steps = 3\nrl_steps = 2\ngrpo_group = 2\ngrpo_max_new_tokens = 4\n\
+         max_seq_len = 64\nbatch_size = 1\nrl_eval = 1\n",
+        asset("SmolLM2-135M-Instruct.Q4_1.gguf"),
+        s1,
+        s2,
+        out
+    );
+    let run = wgtune::RunConfig::from_toml(&toml).unwrap();
+    let ctl = wgtune::app::train::TrainControl::default();
+    ctl.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    wgtune::app::par::cmd_train_par(run, &ctl).unwrap();
+    let metrics = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+    let lines: Vec<serde_json::Value> = metrics
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 1, "{metrics}");
+    assert_eq!(lines[0]["stage"], "sft");
+    let cfg = load_adapter(
+        &DirSource::new(&out),
+        &mut wgtune::app::cli::load(
+            &asset("SmolLM2-135M-Instruct.Q4_1.gguf"),
+            &burn::tensor::Device::flex(),
+            None,
+        )
+        .unwrap()
+        .model,
+    );
+    assert!(cfg.is_ok(), "{cfg:?}");
 }

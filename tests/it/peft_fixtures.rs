@@ -169,6 +169,26 @@ fn qlora_and_qoft_on_the_bnb_nf4_base() {
     }
 }
 
+/// Export (`wgtune merge`, the app's "Export merged model"): peft's QLoRA / QOFT adapter merged
+/// into the bnb NF4 base and written as a dense HF folder gives peft+bnb's adapter logits.
+#[test]
+fn merged_export_of_qlora_and_qoft_matches_peft() {
+    for case in ["qlora", "qoft"] {
+        let dir = fixture(&format!("peft/{case}"));
+        let want = read_tensors(&dir.join("expected.safetensors"));
+        let tmp = tempfile::tempdir().unwrap();
+        let out = tmp.path().join("merged");
+        let n =
+            wgtune::app::merge::merge_into(&fixture("bnb/nf4"), None, &dir.join("adapter"), &out)
+                .unwrap();
+        assert!(n > 0);
+        let merged = load_hf(&out, &device("cpu"));
+        let logits = merged.model.forward(&batch().input_ids, None).unwrap();
+        let d = max_abs_diff(&block(read_f32(logits)).unwrap(), &want.f32["logits"].1);
+        assert!(d < TOL, "{case}: merged logits differ by {d}");
+    }
+}
+
 #[test]
 fn lora_cpu() {
     check_case("lora", "cpu");

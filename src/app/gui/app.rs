@@ -2,25 +2,28 @@
 //! live curves and the sample box in the middle. All slow work goes to [`super::worker`].
 
 use super::ScreenshotPlan;
+use super::browse::{Browser, Outcome, Want};
 use super::curves::{Curves, Series, log10};
-use super::state::{
-    MethodChoice, ModelInfo, Settings, memory_estimate, mib, problems, remember, trainable_line,
-    trainable_params,
-};
+use super::state::{ModelInfo, Settings, problems, remember};
 use super::worker::{DataInfo, Job, SampleRequest, TrainJob, TrainMsg};
-use crate::adapters::TARGET_MODULES;
 use crate::app::train::{TrainEvent, TrainSummary};
 use crate::train::run::RunConfig;
 use eframe::egui;
-use egui::{Color32, DragValue, RichText};
-use egui_plot::{Bar, BarChart, Legend, Line, Plot, VLine};
-use std::path::Path;
+use egui::{Color32, RichText};
+use egui_plot::{Legend, Line, Plot, VLine};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+mod panels;
+mod widgets;
+
+use widgets::{recent_menu, save_png, small_plot};
+
 const STORAGE_KEY: &str = "wgtune-settings";
-const ERR: Color32 = Color32::from_rgb(230, 90, 80);
+/// Colour of error text.
+pub(crate) const ERR: Color32 = Color32::from_rgb(230, 90, 80);
 
 /// How the app was launched.
 pub(crate) struct Launch {
@@ -78,6 +81,20 @@ pub(crate) struct WgtuneApp {
     shot_result: Arc<Mutex<Option<Result<(), String>>>>,
     frame_times: Vec<f64>,
     last_frame: Option<Instant>,
+    browser: Option<Browser<Pick>>,
+    export_dir: String,
+    export_job: Option<Job<usize>>,
+}
+
+/// Which field a file picker fills.
+#[derive(Clone, Copy, PartialEq)]
+enum Pick {
+    Model,
+    Data,
+    RunOpen,
+    RunSave,
+    Out,
+    Export,
 }
 
 impl WgtuneApp {
@@ -125,6 +142,9 @@ impl WgtuneApp {
             shot_result: Arc::new(Mutex::new(None)),
             frame_times: Vec::new(),
             last_frame: None,
+            browser: None,
+            export_dir: String::new(),
+            export_job: None,
         };
         app.load_model(&cc.egui_ctx);
         app
@@ -151,6 +171,108 @@ impl WgtuneApp {
         }));
     }
 
+    /// Read the run file named in the top bar into the settings.
+    fn open_run(&mut self, ctx: &egui::Context) {
+        let file = self.settings.run_file.clone();
+        match std::fs::read_to_string(&file)
+            .map_err(|e| e.to_string())
+            .and_then(|t| RunConfig::from_toml(&t))
+        {
+            Ok(run) => {
+                self.run = run;
+                remember(&mut self.settings.recent_runs, &file);
+                self.notice = Some(format!("opened {file}"));
+                self.error = None;
+                self.load_model(ctx);
+            }
+            Err(e) => self.error = Some(format!("{file}: {e}")),
+        }
+    }
+
+    /// Write the settings to the run file named in the top bar.
+    fn save_run(&mut self) {
+        let file = self.settings.run_file.clone();
+        match crate::app::files::write_atomic(Path::new(&file), self.run.to_toml().as_bytes()) {
+            Ok(()) => {
+                remember(&mut self.settings.recent_runs, &file);
+                self.notice = Some(format!("saved {file}"));
+            }
+            Err(e) => self.error = Some(format!("{file}: {e:#}")),
+        }
+    }
+
+    /// Open the file picker for `pick`, starting near that field's current value.
+    fn browse(&mut self, pick: Pick, title: &'static str, want: Want) {
+        let current = match pick {
+            Pick::Model => self.run.model.clone(),
+            Pick::Data => self.run.data.clone(),
+            Pick::RunOpen | Pick::RunSave => Some(self.settings.run_file.clone()),
+            Pick::Out => self.run.out.clone(),
+            Pick::Export => Some(self.export_dir.clone()),
+        };
+        self.browser = Some(Browser::new(
+            pick,
+            title,
+            want,
+            &current.unwrap_or_default(),
+        ));
+    }
+
+    /// Put a path chosen in the picker where it belongs and act on it.
+    fn picked(&mut self, pick: Pick, path: &Path, ctx: &egui::Context) {
+        let p = path.display().to_string();
+        match pick {
+            Pick::Model => {
+                self.run.model = Some(p);
+                self.load_model(ctx);
+            }
+            Pick::Data => {
+                self.run.data = Some(p);
+                self.load_data(ctx);
+            }
+            Pick::RunOpen => {
+                self.settings.run_file = p;
+                self.open_run(ctx);
+            }
+            Pick::RunSave => {
+                self.settings.run_file = p;
+                self.save_run();
+            }
+            Pick::Out => self.run.out = Some(p),
+            Pick::Export => self.export_dir = p,
+        }
+    }
+
+    /// Merge the adapter in the output folder into its base and write an HF folder to
+    /// `export_dir`, on a background thread (`wgtune merge`'s code).
+    fn export_merged(&mut self, ctx: &egui::Context) {
+        let Some((model, quantize, adapter)) = self.export_source() else {
+            self.error = Some("export: no adapter in the output folder yet".into());
+            return;
+        };
+        let dest = PathBuf::from(self.export_dir.trim());
+        self.notice = Some(format!("exporting to {}…", dest.display()));
+        self.export_job = Some(Job::spawn(ctx, move || {
+            crate::app::merge::merge_into(&model, quantize.as_deref(), &adapter, &dest)
+                .map_err(|e| format!("export: {e:#}"))
+        }));
+    }
+
+    /// Base model, its on-load quantization and adapter folder of the last run, when the output
+    /// folder holds an adapter. A LoftQ run's base is the quantized `base-nf4` it wrote.
+    fn export_source(&self) -> Option<(PathBuf, Option<String>, PathBuf)> {
+        let out = PathBuf::from(self.run.out.as_ref()?);
+        if !out.join("adapter_model.safetensors").is_file() {
+            return None;
+        }
+        let loftq = out.join("base-nf4");
+        if self.run.init.as_deref() == Some("loftq") && loftq.is_dir() {
+            return Some((loftq, None, out));
+        }
+        let model = PathBuf::from(self.run.model.as_ref()?);
+        Some((model, self.run.base_quantization(), out))
+    }
+
     fn start(&mut self, ctx: &egui::Context) {
         let p = problems(&self.run, self.model.as_ref());
         if !p.is_empty() {
@@ -167,6 +289,18 @@ impl WgtuneApp {
     }
 
     fn poll_jobs(&mut self, ctx: &egui::Context) {
+        if let Some(r) = self.export_job.as_ref().and_then(|j| j.poll()) {
+            self.export_job = None;
+            match r {
+                Ok(n) => {
+                    self.notice = Some(format!(
+                        "merged model written to {} ({n} tensors)",
+                        self.export_dir
+                    ))
+                }
+                Err(e) => self.error = Some(e),
+            }
+        }
         if let Some(r) = self.model_job.as_ref().and_then(|j| j.poll()) {
             self.model_job = None;
             match r {
@@ -341,41 +475,34 @@ impl WgtuneApp {
                 .on_hover_text("Load the settings of a run file")
                 .clicked()
             {
-                let file = self.settings.run_file.clone();
-                match std::fs::read_to_string(&file)
-                    .map_err(|e| e.to_string())
-                    .and_then(|t| RunConfig::from_toml(&t))
-                {
-                    Ok(run) => {
-                        self.run = run;
-                        remember(&mut self.settings.recent_runs, &file);
-                        self.notice = Some(format!("opened {file}"));
-                        self.error = None;
-                        self.load_model(ctx);
-                    }
-                    Err(e) => self.error = Some(format!("{file}: {e}")),
-                }
+                self.browse(
+                    Pick::RunOpen,
+                    "Open run file",
+                    Want::Open {
+                        extensions: &["toml"],
+                        folders: false,
+                    },
+                );
             }
             if ui
                 .button("Save run…")
                 .on_hover_text("Write these settings as a run file for `wgtune train --config`")
                 .clicked()
             {
-                let file = self.settings.run_file.clone();
-                match crate::app::files::write_atomic(
-                    Path::new(&file),
-                    self.run.to_toml().as_bytes(),
-                ) {
-                    Ok(()) => {
-                        remember(&mut self.settings.recent_runs, &file);
-                        self.notice = Some(format!("saved {file}"));
-                    }
-                    Err(e) => self.error = Some(format!("{file}: {e:#}")),
-                }
+                self.browse(
+                    Pick::RunSave,
+                    "Save run file",
+                    Want::Save { extension: "toml" },
+                );
             }
-            recent_menu(ui, "recent runs", &self.settings.recent_runs.clone(), |p| {
-                self.settings.run_file = p
+            let mut picked = None;
+            recent_menu(ui, "recent runs", &self.settings.recent_runs, |p| {
+                picked = Some(p)
             });
+            if let Some(p) = picked {
+                self.settings.run_file = p;
+                self.open_run(ctx);
+            }
             if let Some(n) = &self.notice {
                 ui.label(RichText::new(n).weak());
             }
@@ -388,623 +515,6 @@ impl WgtuneApp {
                 }
             });
         }
-    }
-
-    fn model_panel(&mut self, ui: &mut egui::Ui, ctx: &egui::Context) {
-        ui.horizontal(|ui| {
-            let r = opt_text(ui, &mut self.run.model, 220.0).on_hover_text(
-                "HF model folder (config.json, *.safetensors, tokenizer.json) or a .gguf file",
-            );
-            if ui.button("Load").clicked()
-                || (r.lost_focus() && ui.input(|i| i.key_pressed(egui::Key::Enter)))
-            {
-                self.load_model(ctx);
-            }
-            let mut picked = None;
-            recent_menu(ui, "recent", &self.settings.recent_models, |p| {
-                picked = Some(p)
-            });
-            if let Some(p) = picked {
-                self.run.model = Some(p);
-                self.load_model(ctx);
-            }
-        });
-        if self.model_job.is_some() {
-            ui.horizontal(|ui| {
-                ui.spinner();
-                ui.label("reading model files…");
-            });
-        }
-        if let Some(e) = &self.model_err {
-            ui.label(RichText::new(e).color(ERR));
-        }
-        let Some(m) = &self.model else {
-            return;
-        };
-        let c = &m.config;
-        let quantized = self.run.base_quantization().is_some();
-        let trainable = self
-            .run
-            .adapter()
-            .ok()
-            .and_then(|a| trainable_params(c, &a).ok())
-            .unwrap_or(0);
-        egui::Grid::new("model_summary").num_columns(2).show(ui, |ui| {
-            ui.label("architecture");
-            ui.label(format!(
-                "Llama: {} layers, hidden {}, heads {} (kv {}), vocab {}",
-                c.num_hidden_layers,
-                c.hidden_size,
-                c.num_attention_heads,
-                c.num_key_value_heads,
-                c.vocab_size
-            ));
-            ui.end_row();
-            ui.label("parameters");
-            ui.label(format!(
-                "{} ({:.2} M)",
-                c.num_parameters(),
-                c.num_parameters() as f64 / 1e6
-            ));
-            ui.end_row();
-            ui.label("format");
-            ui.label(format!("{}; {}", m.format, m.quantization()));
-            ui.end_row();
-            ui.label("stored");
-            ui.label(mib(m.stored_bytes()));
-            ui.end_row();
-            ui.label("memory estimate").on_hover_text(
-                "Rough device memory of training: base weights (NF4 when quantized), adapter + gradient + AdamW moments, activations of one micro-batch",
-            );
-            ui.label(format!(
-                "≈ {}{}",
-                mib(memory_estimate(
-                    c,
-                    quantized,
-                    trainable,
-                    self.run.batch_size.unwrap_or(4),
-                    self.run.max_seq_len.unwrap_or(512)
-                )),
-                if quantized { " (NF4 base)" } else { " (f32 base)" }
-            ));
-            ui.end_row();
-            ui.label("tokenizer");
-            ui.label(match (&m.tokenizer, &m.chat_template) {
-                (Some(_), Some(_)) => "yes, with chat template",
-                (Some(_), None) => "yes, no chat template",
-                _ => "none (token-id data only)",
-            });
-            ui.end_row();
-        });
-    }
-
-    fn data_panel(&mut self, ui: &mut egui::Ui, ctx: &egui::Context) {
-        ui.horizontal(|ui| {
-            let r = opt_text(ui, &mut self.run.data, 220.0).on_hover_text(
-                "jsonl or JSON array: input_ids, text, prompt/completion, alpaca or messages records",
-            );
-            if ui.button("Preview").clicked()
-                || (r.lost_focus() && ui.input(|i| i.key_pressed(egui::Key::Enter)))
-            {
-                self.load_data(ctx);
-            }
-            let mut picked = None;
-            recent_menu(ui, "recent", &self.settings.recent_data, |p| picked = Some(p));
-            if let Some(p) = picked {
-                self.run.data = Some(p);
-                self.load_data(ctx);
-            }
-        });
-        let mut split = self.run.eval_split.unwrap_or(0.0);
-        if ui
-            .add(egui::Slider::new(&mut split, 0.0..=0.5).text("eval split"))
-            .on_hover_text("Fraction of the examples held out (seeded) for the eval loss")
-            .changed()
-        {
-            self.run.eval_split = (split > 0.0).then_some(split);
-        }
-        if self.data_job.is_some() {
-            ui.horizontal(|ui| {
-                ui.spinner();
-                ui.label("reading data…");
-            });
-        }
-        if let Some(e) = &self.data_err {
-            ui.label(RichText::new(e).color(ERR));
-        }
-        let Some(d) = &self.data else {
-            return;
-        };
-        let n = d.lengths.len();
-        let n_eval = (n as f64 * split).round() as usize;
-        ui.label(format!(
-            "{} records, format: {}; {} train / {} eval",
-            d.records,
-            d.formats
-                .iter()
-                .map(|(f, c)| format!("{f} ({c})"))
-                .collect::<Vec<_>>()
-                .join(", "),
-            n - n_eval.min(n),
-            n_eval
-        ));
-        for p in &d.problems {
-            ui.label(RichText::new(p).color(ERR));
-        }
-        let max_len = self.run.max_seq_len.unwrap_or(512);
-        let over = d.lengths.iter().filter(|&&l| l > max_len).count();
-        if over > 0 {
-            ui.label(format!(
-                "{over} examples longer than {max_len} tokens will be truncated"
-            ));
-        }
-        let bars = histogram(&d.lengths, 24);
-        Plot::new("token_hist")
-            .height(110.0)
-            .allow_scroll(false)
-            .x_axis_label("tokens per example")
-            .show(ui, |p| {
-                p.bar_chart(
-                    BarChart::new("examples", bars).color(Color32::from_rgb(100, 150, 230)),
-                );
-                p.vline(VLine::new("max seq len", max_len as f64).color(ERR));
-            });
-        ui.label(RichText::new("first examples (scored part in [[ ]])").weak());
-        for ex in &d.preview {
-            let short: String = ex.chars().take(400).collect();
-            ui.label(RichText::new(short).monospace().small());
-        }
-    }
-
-    fn method_panel(&mut self, ui: &mut egui::Ui) {
-        let r = &mut self.run;
-        let mut choice = MethodChoice::of(r);
-        egui::ComboBox::from_label("method")
-            .selected_text(choice.label())
-            .show_ui(ui, |ui| {
-                for c in MethodChoice::ALL {
-                    ui.selectable_value(&mut choice, c, c.label())
-                        .on_hover_text(c.help());
-                }
-            })
-            .response
-            .on_hover_text(choice.help());
-        if choice != MethodChoice::of(r) {
-            choice.apply(r);
-        }
-        if choice.is_oft() {
-            num(
-                ui,
-                "block size b",
-                "Rotation block size (peft default 32); must divide every target's in_features",
-                &mut r.oft_block_size,
-                32usize,
-                1.0,
-            );
-            num(
-                ui,
-                "Neumann terms",
-                "Terms of the Cayley-Neumann series approximating (I+Q)(I-Q)⁻¹ (peft default 5)",
-                &mut r.cayley_neumann_terms,
-                5usize,
-                0.1,
-            );
-            flag(
-                ui,
-                "exact Cayley",
-                "Exact Cayley transform (a matrix inverse per block) instead of the Neumann series",
-                &mut r.exact_cayley,
-            );
-            flag(
-                ui,
-                "COFT",
-                "Constrained OFT: keep each skew matrix inside an eps-ball around zero",
-                &mut r.coft,
-            );
-            num(
-                ui,
-                "COFT eps",
-                "Radius of the COFT ball (peft default 6e-5)",
-                &mut r.eps,
-                6e-5,
-                1e-6,
-            );
-            flag(
-                ui,
-                "block share",
-                "One rotation shared by all blocks of a layer (fewer parameters)",
-                &mut r.block_share,
-            );
-        } else {
-            num(
-                ui,
-                "rank r",
-                "LoRA rank: size of the low-rank update (peft default 8)",
-                &mut r.r,
-                8usize,
-                0.1,
-            );
-            num(
-                ui,
-                "alpha",
-                "LoRA alpha: the update is scaled by alpha / r (peft default 16)",
-                &mut r.lora_alpha,
-                16.0,
-                0.5,
-            );
-            num(
-                ui,
-                "dropout",
-                "Dropout on the adapter input (peft default 0)",
-                &mut r.lora_dropout,
-                0.0,
-                0.01,
-            );
-            flag(
-                ui,
-                "rsLoRA",
-                "Rank-stabilised scaling alpha / sqrt(r)",
-                &mut r.use_rslora,
-            );
-        }
-        if choice == MethodChoice::Loftq {
-            num(
-                ui,
-                "LoftQ rounds",
-                "Alternating NF4-quantize + rank-r SVD rounds (LoftQ default 1)",
-                &mut r.loftq_iters,
-                1usize,
-                0.1,
-            );
-        }
-        ui.label("target modules")
-            .on_hover_text("Which decoder projections get an adapter");
-        let mut on: Vec<String> = r
-            .target_modules
-            .as_deref()
-            .map(|t| t.split(',').map(|s| s.trim().to_string()).collect())
-            .unwrap_or_else(|| TARGET_MODULES.iter().map(|s| s.to_string()).collect());
-        let before = on.clone();
-        ui.horizontal_wrapped(|ui| {
-            for t in TARGET_MODULES {
-                let mut checked = on.iter().any(|o| o == t);
-                if ui.checkbox(&mut checked, t).changed() {
-                    if checked {
-                        on.push(t.to_string());
-                    } else {
-                        on.retain(|o| o != t);
-                    }
-                }
-            }
-        });
-        if on != before {
-            let ordered: Vec<&str> = TARGET_MODULES
-                .iter()
-                .copied()
-                .filter(|t| on.iter().any(|o| o == t))
-                .collect();
-            r.target_modules = Some(ordered.join(","));
-        }
-        ui.horizontal(|ui| {
-            ui.label("init adapter")
-                .on_hover_text("Start from this peft adapter folder instead of a fresh init");
-            opt_text(ui, &mut r.init_adapter, 180.0);
-        });
-        if choice.is_par() {
-            self.par_settings(ui);
-        }
-        let line = trainable_line(&self.run, self.model.as_ref());
-        ui.label(RichText::new(line).strong());
-    }
-
-    fn par_settings(&mut self, ui: &mut egui::Ui) {
-        let r = &mut self.run;
-        egui::CollapsingHeader::new("LoRA-PAR settings")
-            .default_open(true)
-            .show(ui, |ui| {
-                ui.horizontal(|ui| {
-                    ui.label("RL data")
-                        .on_hover_text("System-2 prompts with `answer` for the GRPO stage");
-                    opt_text(ui, &mut r.rl_data, 180.0);
-                });
-                choice(
-                    ui,
-                    "split",
-                    "How --data is split into System 1 / System 2",
-                    &mut r.par_split,
-                    &["auto", "label", "vote", "heuristic"],
-                );
-                num(
-                    ui,
-                    "voters",
-                    "Voters of the role-play vote (odd)",
-                    &mut r.par_voters,
-                    3usize,
-                    0.1,
-                );
-                choice(
-                    ui,
-                    "importance",
-                    "Element importance score",
-                    &mut r.par_importance,
-                    &["taylor", "grad-fisher"],
-                );
-                num(
-                    ui,
-                    "samples",
-                    "Examples per system for the importance pass",
-                    &mut r.par_samples,
-                    100usize,
-                    1.0,
-                );
-                num(
-                    ui,
-                    "theta",
-                    "Cumulative importance share each system keeps",
-                    &mut r.par_theta,
-                    0.9,
-                    0.01,
-                );
-                num(
-                    ui,
-                    "alpha (stage 1)",
-                    "Fraction of shared elements stage 1 updates",
-                    &mut r.par_alpha,
-                    1.0,
-                    0.01,
-                );
-                num(
-                    ui,
-                    "beta (stage 2)",
-                    "Fraction of shared elements stage 2 updates",
-                    &mut r.par_beta,
-                    1.0,
-                    0.01,
-                );
-                num(
-                    ui,
-                    "SFT steps",
-                    "Steps of stage 1",
-                    &mut r.sft_steps,
-                    100usize,
-                    1.0,
-                );
-                num(
-                    ui,
-                    "RL steps",
-                    "Steps of stage 2 (GRPO)",
-                    &mut r.rl_steps,
-                    100usize,
-                    1.0,
-                );
-                num(
-                    ui,
-                    "SFT lr",
-                    "Stage-1 learning rate",
-                    &mut r.sft_lr,
-                    2e-4,
-                    1e-5,
-                );
-                num(
-                    ui,
-                    "RL lr",
-                    "Stage-2 learning rate",
-                    &mut r.rl_lr,
-                    5e-6,
-                    1e-7,
-                );
-                num(
-                    ui,
-                    "GRPO group",
-                    "Completions sampled per prompt",
-                    &mut r.grpo_group,
-                    8usize,
-                    0.1,
-                );
-                num(
-                    ui,
-                    "GRPO prompts",
-                    "Prompts per optimizer step",
-                    &mut r.grpo_prompts,
-                    1usize,
-                    0.1,
-                );
-                num(
-                    ui,
-                    "GRPO KL",
-                    "KL coefficient to the stage-1 policy",
-                    &mut r.grpo_kl,
-                    0.0,
-                    0.001,
-                );
-                num(
-                    ui,
-                    "GRPO clip",
-                    "Clip range of the policy ratio",
-                    &mut r.grpo_clip,
-                    0.2,
-                    0.01,
-                );
-                num(
-                    ui,
-                    "temperature",
-                    "GRPO sampling temperature",
-                    &mut r.grpo_temperature,
-                    1.0f32,
-                    0.01,
-                );
-                num(
-                    ui,
-                    "max new tokens",
-                    "Longest GRPO completion",
-                    &mut r.grpo_max_new_tokens,
-                    64usize,
-                    1.0,
-                );
-                num(
-                    ui,
-                    "RL eval items",
-                    "System-2 items held out for accuracy before/after stage 2",
-                    &mut r.rl_eval,
-                    0usize,
-                    1.0,
-                );
-                ui.horizontal(|ui| {
-                    ui.label("reward")
-                        .on_hover_text("number, exact, or regex:PATTERN");
-                    opt_text(ui, &mut r.grpo_reward, 160.0);
-                });
-            });
-    }
-
-    fn training_panel(&mut self, ui: &mut egui::Ui) {
-        let r = &mut self.run;
-        num(
-            ui,
-            "learning rate",
-            "Peak learning rate (peft/trl default 2e-4)",
-            &mut r.lr,
-            2e-4,
-            1e-5,
-        );
-        choice(
-            ui,
-            "schedule",
-            "Learning-rate schedule after warm-up",
-            &mut r.lr_scheduler,
-            &["constant", "linear", "cosine"],
-        );
-        num(
-            ui,
-            "warm-up steps",
-            "Linear warm-up from 0",
-            &mut r.warmup_steps,
-            0usize,
-            1.0,
-        );
-        let mut fixed = r.steps.is_some();
-        ui.horizontal(|ui| {
-            if ui
-                .checkbox(&mut fixed, "fixed steps")
-                .on_hover_text("Train a fixed number of optimizer steps instead of whole epochs")
-                .changed()
-            {
-                r.steps = fixed.then_some(r.steps.unwrap_or(100));
-            }
-        });
-        if fixed {
-            num(ui, "steps", "Optimizer steps", &mut r.steps, 100usize, 1.0);
-        } else {
-            num(
-                ui,
-                "epochs",
-                "Passes over the training data",
-                &mut r.epochs,
-                1usize,
-                0.1,
-            );
-        }
-        num(
-            ui,
-            "batch size",
-            "Examples per micro-batch",
-            &mut r.batch_size,
-            4usize,
-            0.1,
-        );
-        num(
-            ui,
-            "grad accum",
-            "Micro-batches per optimizer step",
-            &mut r.grad_accum,
-            1usize,
-            0.1,
-        );
-        num(
-            ui,
-            "max seq len",
-            "Examples are truncated to this many tokens",
-            &mut r.max_seq_len,
-            512usize,
-            1.0,
-        );
-        flag(
-            ui,
-            "packing",
-            "Pack several examples into each row",
-            &mut r.packing,
-        );
-        flag(
-            ui,
-            "keep data order",
-            "No seeded shuffling",
-            &mut r.no_shuffle,
-        );
-        num(
-            ui,
-            "max grad norm",
-            "Clip the global gradient norm (0 disables)",
-            &mut r.max_grad_norm,
-            1.0,
-            0.01,
-        );
-        num(
-            ui,
-            "weight decay",
-            "AdamW decoupled weight decay",
-            &mut r.weight_decay,
-            0.0,
-            0.001,
-        );
-        num(
-            ui,
-            "eval every",
-            "Eval loss every N steps (0: at the end only)",
-            &mut r.eval_every,
-            0usize,
-            1.0,
-        );
-        num(
-            ui,
-            "seed",
-            "Seed of init, shuffling and dropout",
-            &mut r.seed,
-            42u64,
-            1.0,
-        );
-        num(
-            ui,
-            "save every",
-            "Checkpoint every N steps (0: at the end only)",
-            &mut r.save_every,
-            0usize,
-            1.0,
-        );
-        flag(
-            ui,
-            "resume",
-            "Continue from OUT/checkpoint if present",
-            &mut r.resume,
-        );
-        ui.horizontal(|ui| {
-            ui.label("output folder")
-                .on_hover_text("Adapter, checkpoint, metrics.jsonl, run.toml");
-            opt_text(ui, &mut r.out, 200.0);
-        });
-        choice(
-            ui,
-            "backend",
-            "auto: wgpu on a real GPU, else the CPU backend",
-            &mut r.backend,
-            &["auto", "wgpu", "cpu"],
-        );
-        choice(
-            ui,
-            "bad data line",
-            "What a malformed data line does",
-            &mut r.on_bad_line,
-            &["stop", "skip"],
-        );
     }
 
     fn controls(&mut self, ui: &mut egui::Ui, ctx: &egui::Context) {
@@ -1070,6 +580,38 @@ impl WgtuneApp {
                 ui.label(format!("{:.0}s", t.elapsed().as_secs_f64()));
             }
         });
+        if self.train.is_none() && self.export_source().is_some() {
+            ui.horizontal(|ui| {
+                if self.export_dir.trim().is_empty()
+                    && let Some(o) = &self.run.out
+                {
+                    self.export_dir = Path::new(o).join("merged").display().to_string();
+                }
+                ui.label("export to").on_hover_text(
+                    "HF folder for the base with the adapter merged in (what `wgtune merge` writes)",
+                );
+                ui.add(egui::TextEdit::singleline(&mut self.export_dir).desired_width(220.0));
+                if ui.small_button("…").on_hover_text("pick a folder").clicked() {
+                    self.browse(Pick::Export, "Export folder", Want::Folder);
+                }
+                let busy = self.export_job.is_some();
+                if ui
+                    .add_enabled(
+                        !busy && !self.export_dir.trim().is_empty(),
+                        egui::Button::new("Export merged model"),
+                    )
+                    .on_hover_text(
+                        "Fold the adapter into the base weights and write config.json, model.safetensors and the tokenizer",
+                    )
+                    .clicked()
+                {
+                    self.export_merged(ctx);
+                }
+                if busy {
+                    ui.spinner();
+                }
+            });
+        }
         if !self.view.backend.is_empty() {
             ui.label(
                 RichText::new(format!(
@@ -1235,6 +777,17 @@ impl eframe::App for WgtuneApp {
             // Live curves and a responsive UI while a step runs (about 60 fps).
             ctx.request_repaint_after(std::time::Duration::from_millis(16));
         }
+        if let Some(b) = self.browser.as_mut() {
+            match b.show(&ctx) {
+                Outcome::Open => {}
+                Outcome::Cancelled => self.browser = None,
+                Outcome::Picked(path) => {
+                    let pick = b.target;
+                    self.browser = None;
+                    self.picked(pick, &path, &ctx);
+                }
+            }
+        }
         egui::Panel::top("top").show(ui, |ui| self.top_bar(ui, &ctx));
         egui::Panel::left("settings")
             .resizable(true)
@@ -1286,127 +839,4 @@ impl eframe::App for WgtuneApp {
         }
         self.report_fps();
     }
-}
-
-fn small_plot(ui: &mut egui::Ui, name: &str, s: &Series, h: f32, color: Color32) {
-    Plot::new(name)
-        .height(h)
-        .legend(Legend::default())
-        .x_axis_label("step")
-        .show(ui, |p| {
-            p.line(Line::new(name, s.clone()).color(color).width(1.5))
-        });
-}
-
-/// Bars of a histogram of `values` in about `bins` equal bins.
-fn histogram(values: &[usize], bins: usize) -> Vec<Bar> {
-    let Some(&max) = values.iter().max() else {
-        return Vec::new();
-    };
-    let width = (max / bins.max(1)).max(1);
-    let mut counts = vec![0usize; max / width + 1];
-    for &v in values {
-        counts[v / width] += 1;
-    }
-    counts
-        .iter()
-        .enumerate()
-        .map(|(i, &c)| {
-            Bar::new((i * width) as f64 + width as f64 / 2.0, c as f64).width(width as f64 * 0.9)
-        })
-        .collect()
-}
-
-/// Write an egui screenshot as PNG.
-fn save_png(img: &egui::ColorImage, path: &Path) -> Result<(), String> {
-    let [w, h] = img.size;
-    let bytes: Vec<u8> = img.pixels.iter().flat_map(|c| c.to_array()).collect();
-    let buf = image::RgbaImage::from_raw(w as u32, h as u32, bytes)
-        .ok_or("screenshot has an unexpected size")?;
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    }
-    buf.save_with_format(path, image::ImageFormat::Png)
-        .map_err(|e| format!("{}: {e}", path.display()))
-}
-
-/// A text box for an optional string setting (empty = unset).
-fn opt_text(ui: &mut egui::Ui, v: &mut Option<String>, width: f32) -> egui::Response {
-    let mut s = v.clone().unwrap_or_default();
-    let r = ui.add(egui::TextEdit::singleline(&mut s).desired_width(width));
-    if r.changed() {
-        *v = (!s.trim().is_empty()).then_some(s);
-    }
-    r
-}
-
-/// A labelled number for an optional setting, showing its default until changed.
-fn num<T: egui::emath::Numeric>(
-    ui: &mut egui::Ui,
-    label: &str,
-    help: &str,
-    v: &mut Option<T>,
-    default: T,
-    speed: f64,
-) {
-    ui.horizontal(|ui| {
-        ui.label(label).on_hover_text(help);
-        let mut x = v.unwrap_or(default);
-        let small = !T::INTEGRAL && x.to_f64() != 0.0 && x.to_f64().abs() < 1e-2;
-        let mut dv = DragValue::new(&mut x).speed(speed);
-        if small {
-            dv = dv.custom_formatter(|n, _| format!("{n:.2e}"));
-        }
-        if ui.add(dv).on_hover_text(help).changed() {
-            *v = Some(x);
-        }
-        if v.is_some()
-            && ui
-                .small_button("reset")
-                .on_hover_text("back to the default")
-                .clicked()
-        {
-            *v = None;
-        }
-    });
-}
-
-/// A checkbox for an optional flag.
-fn flag(ui: &mut egui::Ui, label: &str, help: &str, v: &mut Option<bool>) {
-    let mut b = v.unwrap_or(false);
-    if ui.checkbox(&mut b, label).on_hover_text(help).changed() {
-        *v = b.then_some(true);
-    }
-}
-
-/// A combo box for an optional string setting with known values (the first is the default).
-fn choice(ui: &mut egui::Ui, label: &str, help: &str, v: &mut Option<String>, options: &[&str]) {
-    let current = v.clone().unwrap_or_else(|| options[0].to_string());
-    let mut picked = current.clone();
-    egui::ComboBox::from_label(label)
-        .selected_text(&current)
-        .show_ui(ui, |ui| {
-            for o in options {
-                ui.selectable_value(&mut picked, o.to_string(), *o);
-            }
-        })
-        .response
-        .on_hover_text(help);
-    if picked != current {
-        *v = Some(picked);
-    }
-}
-
-/// A drop-down of recent paths.
-fn recent_menu(ui: &mut egui::Ui, label: &str, items: &[String], mut pick: impl FnMut(String)) {
-    ui.add_enabled_ui(!items.is_empty(), |ui| {
-        ui.menu_button(label, |ui| {
-            for p in items {
-                if ui.button(p).clicked() {
-                    pick(p.clone());
-                    ui.close();
-                }
-            }
-        });
-    });
 }

@@ -4,6 +4,7 @@
 //! renders with wgpu on the same device as burn's wgpu backend when one is available.
 
 mod app;
+pub mod browse;
 pub mod curves;
 pub mod state;
 pub mod worker;

@@ -100,7 +100,7 @@ impl TrainJob {
             };
             let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 if par {
-                    crate::app::par::cmd_train_par(run).map(|()| None)
+                    crate::app::par::cmd_train_par(run, &thread_ctl).map(|()| None)
                 } else {
                     run_training(&run, &thread_ctl, &mut sink).map(Some)
                 }

@@ -1,0 +1,143 @@
+//! Small egui widgets shared by the panels: optional text and number fields with tooltips,
+//! choice boxes, recent-file menus, plots, and the PNG writer for screenshots.
+
+use super::super::curves::Series;
+use eframe::egui;
+use egui::{Color32, DragValue};
+use egui_plot::{Bar, Legend, Line, Plot};
+use std::path::Path;
+
+/// A compact line plot of one series against the step.
+pub(super) fn small_plot(ui: &mut egui::Ui, name: &str, s: &Series, h: f32, color: Color32) {
+    Plot::new(name)
+        .height(h)
+        .legend(Legend::default())
+        .x_axis_label("step")
+        .show(ui, |p| {
+            p.line(Line::new(name, s.clone()).color(color).width(1.5))
+        });
+}
+
+/// Bars of a histogram of `values` in about `bins` equal bins.
+pub(super) fn histogram(values: &[usize], bins: usize) -> Vec<Bar> {
+    let Some(&max) = values.iter().max() else {
+        return Vec::new();
+    };
+    let width = (max / bins.max(1)).max(1);
+    let mut counts = vec![0usize; max / width + 1];
+    for &v in values {
+        counts[v / width] += 1;
+    }
+    counts
+        .iter()
+        .enumerate()
+        .map(|(i, &c)| {
+            Bar::new((i * width) as f64 + width as f64 / 2.0, c as f64).width(width as f64 * 0.9)
+        })
+        .collect()
+}
+
+/// Write an egui screenshot as PNG.
+pub(super) fn save_png(img: &egui::ColorImage, path: &Path) -> Result<(), String> {
+    let [w, h] = img.size;
+    let bytes: Vec<u8> = img.pixels.iter().flat_map(|c| c.to_array()).collect();
+    let buf = image::RgbaImage::from_raw(w as u32, h as u32, bytes)
+        .ok_or("screenshot has an unexpected size")?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
+    buf.save_with_format(path, image::ImageFormat::Png)
+        .map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// A text box for an optional string setting (empty = unset).
+pub(super) fn opt_text(ui: &mut egui::Ui, v: &mut Option<String>, width: f32) -> egui::Response {
+    let mut s = v.clone().unwrap_or_default();
+    let r = ui.add(egui::TextEdit::singleline(&mut s).desired_width(width));
+    if r.changed() {
+        *v = (!s.trim().is_empty()).then_some(s);
+    }
+    r
+}
+
+/// A labelled number for an optional setting, showing its default until changed.
+pub(super) fn num<T: egui::emath::Numeric>(
+    ui: &mut egui::Ui,
+    label: &str,
+    help: &str,
+    v: &mut Option<T>,
+    default: T,
+    speed: f64,
+) {
+    ui.horizontal(|ui| {
+        ui.label(label).on_hover_text(help);
+        let mut x = v.unwrap_or(default);
+        let small = !T::INTEGRAL && x.to_f64() != 0.0 && x.to_f64().abs() < 1e-2;
+        let mut dv = DragValue::new(&mut x).speed(speed);
+        if small {
+            dv = dv.custom_formatter(|n, _| format!("{n:.2e}"));
+        }
+        if ui.add(dv).on_hover_text(help).changed() {
+            *v = Some(x);
+        }
+        if v.is_some()
+            && ui
+                .small_button("reset")
+                .on_hover_text("back to the default")
+                .clicked()
+        {
+            *v = None;
+        }
+    });
+}
+
+/// A checkbox for an optional flag.
+pub(super) fn flag(ui: &mut egui::Ui, label: &str, help: &str, v: &mut Option<bool>) {
+    let mut b = v.unwrap_or(false);
+    if ui.checkbox(&mut b, label).on_hover_text(help).changed() {
+        *v = b.then_some(true);
+    }
+}
+
+/// A combo box for an optional string setting with known values (the first is the default).
+pub(super) fn choice(
+    ui: &mut egui::Ui,
+    label: &str,
+    help: &str,
+    v: &mut Option<String>,
+    options: &[&str],
+) {
+    let current = v.clone().unwrap_or_else(|| options[0].to_string());
+    let mut picked = current.clone();
+    egui::ComboBox::from_label(label)
+        .selected_text(&current)
+        .show_ui(ui, |ui| {
+            for o in options {
+                ui.selectable_value(&mut picked, o.to_string(), *o);
+            }
+        })
+        .response
+        .on_hover_text(help);
+    if picked != current {
+        *v = Some(picked);
+    }
+}
+
+/// A drop-down of recent paths.
+pub(super) fn recent_menu(
+    ui: &mut egui::Ui,
+    label: &str,
+    items: &[String],
+    mut pick: impl FnMut(String),
+) {
+    ui.add_enabled_ui(!items.is_empty(), |ui| {
+        ui.menu_button(label, |ui| {
+            for p in items {
+                if ui.button(p).clicked() {
+                    pick(p.clone());
+                    ui.close();
+                }
+            }
+        });
+    });
+}
