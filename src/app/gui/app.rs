@@ -3,7 +3,7 @@
 
 use super::ScreenshotPlan;
 use super::browse::{Browser, Outcome, Want};
-use super::curves::{Curves, Series, log10};
+use super::curves::{Curves, Series, log10, scaled};
 use super::state::{ModelInfo, Settings, problems, remember};
 use super::worker::{DataInfo, Job, SampleRequest, TrainJob, TrainMsg};
 use crate::app::train::{TrainEvent, TrainSummary};
@@ -80,6 +80,7 @@ pub(crate) struct WgtuneApp {
     shot: Shot,
     shot_result: Arc<Mutex<Option<Result<(), String>>>>,
     frame_times: Vec<f64>,
+    ui_times: Vec<f64>,
     last_frame: Option<Instant>,
     browser: Option<Browser<Pick>>,
     export_dir: String,
@@ -141,6 +142,7 @@ impl WgtuneApp {
             shot: Shot::Waiting,
             shot_result: Arc::new(Mutex::new(None)),
             frame_times: Vec::new(),
+            ui_times: Vec::new(),
             last_frame: None,
             browser: None,
             export_dir: String::new(),
@@ -447,16 +449,23 @@ impl WgtuneApp {
         }
     }
 
+    /// Frame statistics of the time a run was active (printed on exit): the interval between
+    /// frames, and the part of it spent in our UI code (the rest is egui's tessellation, the
+    /// renderer and the compositor).
     fn report_fps(&self) {
-        if self.frame_times.len() > 5 {
-            let mut v = self.frame_times.clone();
+        let median = |v: &[f64]| {
+            let mut v = v.to_vec();
             v.sort_by(|a, b| a.total_cmp(b));
-            let mean = v.iter().sum::<f64>() / v.len() as f64;
+            v[v.len() / 2]
+        };
+        if self.frame_times.len() > 5 && !self.ui_times.is_empty() {
+            let mean = self.frame_times.iter().sum::<f64>() / self.frame_times.len() as f64;
             eprintln!(
-                "gui: {} frames while training, mean {:.1} fps, median frame {:.1} ms",
-                v.len(),
+                "gui: {} frames while training, mean {:.1} fps, median frame {:.1} ms, of which UI code {:.2} ms",
+                self.frame_times.len(),
                 1.0 / mean,
-                v[v.len() / 2] * 1e3
+                median(&self.frame_times) * 1e3,
+                median(&self.ui_times) * 1e3
             );
         }
     }
@@ -667,10 +676,16 @@ impl WgtuneApp {
                     p.vline(VLine::new("stage 1 → 2", *x).color(ERR));
                 }
             });
+            let (lr, e) = scaled(&c.lr);
+            let lr_name = if e == 0 {
+                "learning rate".to_string()
+            } else {
+                format!("learning rate (×1e{e})")
+            };
             small_plot(
                 &mut cols[1],
-                "learning rate",
-                &c.lr,
+                &lr_name,
+                &lr,
                 h,
                 Color32::from_rgb(120, 200, 120),
             );
@@ -690,9 +705,14 @@ impl WgtuneApp {
                 h,
                 Color32::from_rgb(180, 120, 220),
             );
+            let mem_known = c.mem_mib.iter().any(|p| p[1] > 0.0);
             small_plot(
                 &mut cols[1],
-                "device memory (MiB)",
+                if mem_known || c.mem_mib.is_empty() {
+                    "device memory (MiB)"
+                } else {
+                    "device memory (n/a on CPU)"
+                },
                 &c.mem_mib,
                 h,
                 Color32::from_rgb(120, 200, 220),
@@ -824,6 +844,9 @@ impl eframe::App for WgtuneApp {
                     }
                 });
         });
+        if self.train.is_some() {
+            self.ui_times.push(now.elapsed().as_secs_f64());
+        }
     }
 
     fn save(&mut self, storage: &mut dyn eframe::Storage) {

@@ -135,9 +135,32 @@ pub fn log10(series: &Series) -> Series {
         .collect()
 }
 
+/// The series divided by a power of ten so its largest magnitude lies in [1, 10), and that
+/// exponent: tiny values such as a learning rate of 2e-4 otherwise plot as a flat line at 0
+/// (the plot's axis ticks do not go below 1e-3 or so).
+pub fn scaled(series: &Series) -> (Series, i32) {
+    let max = series.iter().fold(0.0f64, |m, p| m.max(p[1].abs()));
+    if max == 0.0 || !max.is_finite() {
+        return (series.clone(), 0);
+    }
+    let e = max.log10().floor() as i32;
+    let f = 10f64.powi(-e);
+    (series.iter().map(|p| [p[0], p[1] * f]).collect(), e)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn scaled_brings_small_values_to_unit_range() {
+        let (s, e) = scaled(&vec![[1.0, 2e-4], [2.0, 1e-4], [3.0, 0.0]]);
+        assert_eq!(e, -4);
+        assert!((s[0][1] - 2.0).abs() < 1e-12 && (s[1][1] - 1.0).abs() < 1e-12);
+        assert_eq!(s[2], [3.0, 0.0]);
+        assert_eq!(scaled(&vec![[0.0, 0.0]]).1, 0);
+        assert_eq!(scaled(&vec![[0.0, 350.0]]).1, 2);
+    }
 
     #[test]
     fn lines_become_series_and_the_ema_is_debiased() {
