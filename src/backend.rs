@@ -53,6 +53,7 @@ pub struct SelectedBackend {
     pub is_wgpu: bool,
 }
 
+#[cfg(not(target_arch = "wasm32"))]
 fn cpu(reason: &str) -> SelectedBackend {
     SelectedBackend {
         device: Device::flex(),
