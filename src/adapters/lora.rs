@@ -49,7 +49,7 @@ impl LoraConfig {
 }
 
 /// One LoRA pair on a linear layer.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Lora {
     /// `A` `[r, in]`.
     pub a: Tensor<2>,
@@ -135,5 +135,14 @@ impl Adapter for Lora {
 
     fn merge(&self, base: &Tensor<2>) -> Tensor<2> {
         base.clone() + self.b.clone().matmul(self.a.clone()).mul_scalar(self.scale)
+    }
+
+    fn without_autodiff(&self) -> Box<dyn Adapter> {
+        Box::new(Lora {
+            a: self.a.clone().inner(),
+            b: self.b.clone().inner(),
+            training: false,
+            ..self.clone()
+        })
     }
 }

@@ -198,7 +198,7 @@ pub fn rotate_reference(x: Tensor<2>, r: Tensor<3>) -> Tensor<2> {
 }
 
 /// An OFT rotation on one linear layer.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Oft {
     /// Skew parameters `[nb, b(b-1)/2]` (`[1, ..]` with block sharing).
     pub weight: Tensor<2>,
@@ -337,6 +337,13 @@ impl Adapter for Oft {
         if self.config.coft {
             self.weight = self.project(self.weight.clone());
         }
+    }
+
+    fn without_autodiff(&self) -> Box<dyn Adapter> {
+        Box::new(Oft {
+            weight: self.weight.clone().inner(),
+            ..self.clone()
+        })
     }
 
     /// `W' = W·blockdiag(R)ᵀ`... in peft's orientation: `y = (x·R)·Wᵀ = x·(W·Rᵀ)ᵀ`.

@@ -485,6 +485,14 @@ impl PackedWeight {
         }
     }
 
+    /// The same packed words on the inner (non-autodiff) backend; shares the device memory.
+    pub fn without_autodiff(&self) -> PackedWeight {
+        PackedWeight {
+            layout: self.layout,
+            words: self.words.clone().inner(),
+        }
+    }
+
     fn apply(&self, x: Tensor<2>, input_grad: bool) -> Tensor<2> {
         Tensor::from_dispatch(<Dispatch as QuantKernels>::qmatmul(
             x.into_dispatch(),

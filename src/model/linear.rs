@@ -66,6 +66,9 @@ pub trait Adapter: std::fmt::Debug + Send + Sync {
     fn prepare(&mut self) {}
     /// The merged dense weight `W'` that gives the same outputs without the adapter.
     fn merge(&self, base: &Tensor<2>) -> Tensor<2>;
+    /// A copy for inference on the inner (non-autodiff) backend, dropout off. See
+    /// [`crate::model::llama::Llama::without_autodiff`].
+    fn without_autodiff(&self) -> Box<dyn Adapter>;
 }
 
 /// A base linear with an optional adapter.
@@ -77,7 +80,25 @@ pub struct AdaptedLinear {
     pub adapter: Option<Box<dyn Adapter>>,
 }
 
+impl BaseLinear {
+    /// The same weight on the inner (non-autodiff) backend; shares the device memory.
+    pub fn without_autodiff(&self) -> BaseLinear {
+        match self {
+            BaseLinear::Dense(w) => BaseLinear::Dense(w.clone().inner()),
+            BaseLinear::Packed(p) => BaseLinear::Packed(p.without_autodiff()),
+        }
+    }
+}
+
 impl AdaptedLinear {
+    /// The layer and its adapter on the inner (non-autodiff) backend, for inference.
+    pub fn without_autodiff(&self) -> AdaptedLinear {
+        AdaptedLinear {
+            base: self.base.without_autodiff(),
+            adapter: self.adapter.as_ref().map(|a| a.without_autodiff()),
+        }
+    }
+
     /// A plain linear without adapter.
     pub fn new(weight: Tensor<2>) -> Self {
         Self {

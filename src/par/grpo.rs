@@ -293,13 +293,6 @@ pub async fn sample_group(
     Ok(out)
 }
 
-/// Replace the adapter tensors (plain tensors, in parameter order).
-fn set_params(model: &mut Llama, values: Vec<Tensor<2>>) {
-    for ((_, slot), v) in adapters::parameters_mut(model).into_iter().zip(values) {
-        *slot = Tensor::from_inner(v);
-    }
-}
-
 /// One GRPO optimizer step over `items` (one group each). `reference` holds the stage-1 adapter
 /// tensors (plain), the policy the KL is measured against; `decode` turns completion ids into
 /// text for the reward.
@@ -328,11 +321,13 @@ pub async fn grpo_step(
     let mut rewards = Vec::new();
     let mut lens = Vec::new();
     let mut sample = None;
+    // Sampling and the reference pass need no graph: run them off the autodiff backend.
+    let policy = trainer.model.without_autodiff();
     for (i, item) in items.iter().enumerate() {
         let s = seed
             .wrapping_mul(1_000_003)
             .wrapping_add(step * 131 + i as u64);
-        let sampled = sample_group(&trainer.model, item, cfg, s).await?;
+        let sampled = sample_group(&policy, item, cfg, s).await?;
         let mut comps = Vec::with_capacity(sampled.len());
         for (tokens, on_eos) in sampled {
             let text = decode(&tokens);
@@ -353,17 +348,19 @@ pub async fn grpo_step(
     let adv = group_advantages(&rewards, cfg.group);
     let total_tokens: f64 = lens.iter().sum();
     // Reference log-probs (stage-1 policy), no gradient.
-    let current: Vec<Tensor<2>> = adapters::named_parameters(&trainer.model)
+    let mut ref_model = policy;
+    for ((_, slot), v) in adapters::parameters_mut(&mut ref_model)
         .into_iter()
-        .map(|(_, t)| t.inner())
-        .collect();
-    set_params(&mut trainer.model, reference.to_vec());
+        .zip(reference)
+    {
+        *slot = v.clone();
+    }
     let mut refs = Vec::with_capacity(groups.len());
     for (item, comps) in items.iter().zip(&groups) {
-        let (lp, _) = completion_logprobs(&trainer.model, &item.prompt, comps, pad)?;
-        refs.push(lp.detach());
+        let (lp, _) = completion_logprobs(&ref_model, &item.prompt, comps, pad)?;
+        refs.push(lp);
     }
-    set_params(&mut trainer.model, current);
+    drop(ref_model);
     // Policy forward and backward, one group at a time (gradient accumulation).
     adapters::for_each_adapter(&mut trainer.model, |a| a.set_training(true));
     trainer.model.device().seed(
@@ -476,9 +473,10 @@ pub async fn greedy_accuracy(
         max_new_tokens,
         seed: 0,
     };
+    let model = model.without_autodiff();
     let mut correct = 0.0;
     for item in items {
-        let g = generate(model, &item.prompt, &cfg, |_| {}).await?;
+        let g = generate(&model, &item.prompt, &cfg, |_| {}).await?;
         correct += reward.score(&decode(&g.tokens), &item.reference);
     }
     Ok(correct / items.len() as f64)

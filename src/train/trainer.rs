@@ -259,13 +259,10 @@ impl Trainer {
 
     /// Token-weighted mean loss over `batches`, without gradients or dropout.
     pub async fn eval_loss(&mut self, batches: &[Batch]) -> Result<f64, TrainError> {
-        adapters::for_each_adapter(&mut self.model, |a| a.set_training(false));
-        for (_, t) in adapters::parameters_mut(&mut self.model) {
-            *t = Tensor::from_inner(t.clone().inner());
-        }
+        let model = self.model.without_autodiff();
         let (mut total, mut count) = (0.0f64, 0usize);
         for b in batches {
-            let logits = self.model.forward(&b.input_ids, None)?;
+            let logits = model.forward(&b.input_ids, None)?;
             match causal_lm_loss(logits, &b.labels) {
                 Ok((loss, n)) => {
                     total += read_f32(loss.detach()).await?[0] as f64 * n as f64;

@@ -189,6 +189,35 @@ fn merged_export_of_qlora_and_qoft_matches_peft() {
     }
 }
 
+/// The inference copy used for generation and eval (off the autodiff backend, where burn 0.22
+/// keeps never-backpropagated graphs alive) holds no autodiff tensor and gives the same logits
+/// (within float rounding).
+#[test]
+fn inference_copy_leaves_autodiff_with_identical_logits() {
+    for case in ["lora", "oft_neumann"] {
+        let dir = fixture(&format!("peft/{case}"));
+        let device = device("cpu").autodiff();
+        let mut lm = load_hf(&fixture("tiny_gqa"), &device);
+        load_adapter(&DirSource::new(dir.join("adapter")), &mut lm.model).unwrap();
+        adapters::track_gradients(&mut lm.model);
+        // Dropout on in the original (peft fixtures have lora_dropout > 0), off in the copy.
+        let copy = lm.model.without_autodiff();
+        adapters::for_each_adapter(&mut lm.model, |a| a.set_training(false));
+        assert!(!copy.device().is_autodiff());
+        assert!(
+            named_parameters(&copy)
+                .iter()
+                .all(|(_, t)| !t.is_autodiff())
+        );
+        let b = batch();
+        let want = block(read_f32(lm.model.forward(&b.input_ids, None).unwrap())).unwrap();
+        let got = block(read_f32(copy.forward(&b.input_ids, None).unwrap())).unwrap();
+        let d = max_abs_diff(&got, &want);
+        // Not bit-identical: the autodiff backend's op implementations round differently.
+        assert!(d < 1e-5, "{case}: inference copy differs by {d}");
+    }
+}
+
 #[test]
 fn lora_cpu() {
     check_case("lora", "cpu");
