@@ -70,7 +70,17 @@ fn wgpu_runtime() -> &'static Result<WgpuRuntime, String> {
         Device::wgpu_options()
             .init_with_setup()
             .map(|(device, setup)| {
-                let features = shader_features(setup.device.features());
+                use burn::tensor::wgpu::wgpu::Features;
+                // Our kernels' subgroup variants, unless switched off (to compare, or to work
+                // around a driver): WGTUNE_NO_SUBGROUPS=1.
+                let off = std::env::var_os("WGTUNE_NO_SUBGROUPS").is_some_and(|v| v != "0");
+                crate::kernels::set_subgroups(
+                    setup.device.features().contains(Features::SUBGROUP) && !off,
+                );
+                let mut features = shader_features(setup.device.features());
+                if off {
+                    features.push_str(" (subgroup kernels off: WGTUNE_NO_SUBGROUPS)");
+                }
                 (device, setup.adapter.get_info(), features, setup)
             })
             .map_err(|e| e.to_string())
@@ -94,7 +104,9 @@ pub fn shared_wgpu_setup() -> Option<burn::tensor::wgpu::WgpuSetup> {
 }
 
 /// The optional shader features the device enabled that matter to our kernels, for the backend
-/// description (e.g. `shader-f16, subgroups`). The kernels use the portable WGSL path either way.
+/// description (e.g. `shader-f16, subgroups`). With `subgroups` the quantized matrix-vector
+/// kernel reduces with `subgroupAdd` (see [`crate::kernels::subgroups`]); `shader-f16` is
+/// reported but not used (see the README's kernel notes).
 #[cfg(not(target_arch = "wasm32"))]
 fn shader_features(f: burn::tensor::wgpu::wgpu::Features) -> String {
     use burn::tensor::wgpu::wgpu::Features;

@@ -3,7 +3,7 @@
 //! reference, measured side by side in one run on one device.
 
 use crate::adapters::oft::{cayley_neumann, rotate_reference, skew};
-use crate::kernels::qmatmul::{PackedHost, PackedWeight};
+use crate::kernels::qmatmul::{GEMV_MAX_ROWS, PackedHost, PackedWeight, QKernel};
 use crate::kernels::{block_rotate, cayley};
 use crate::model::read_f32;
 use crate::quant::ggml::GgmlType;
@@ -20,6 +20,8 @@ pub const SMOLLM2_SHAPES: [(usize, usize); 4] = [(576, 576), (192, 576), (1536, 
 pub struct QMatmulBench {
     /// `NF4`, `Q4_1`, ...
     pub format: String,
+    /// The fused kernel: `Tiled`, `Gemv` (workgroup reduction) or `GemvSubgroup`.
+    pub kernel: String,
     /// Rows of x (batch · seq).
     pub m: usize,
     /// out_features.
@@ -106,12 +108,14 @@ fn median_secs<const D: usize>(
     Ok(t[t.len() / 2])
 }
 
-/// Fused quantized matmul vs f32 matmul for every `shape × format`, `m` rows of input.
+/// Fused quantized matmul vs f32 matmul for every `shape × format × kernel`, `m` rows of input
+/// (kernels that do not take `m` rows are skipped).
 pub fn bench_qmatmul(
     device: &Device,
     m: usize,
     shapes: &[(usize, usize)],
     formats: &[&str],
+    kernels: &[QKernel],
     iters: usize,
 ) -> Result<Vec<QMatmulBench>> {
     let mut out = Vec::new();
@@ -123,22 +127,41 @@ pub fn bench_qmatmul(
         for format in formats {
             let host = packed(format, n, k)?;
             let w = PackedWeight::upload(&host, device);
-            let fused_secs = median_secs(device, iters, || w.matmul_t(x.clone()))?;
-            // Read one result back so a kernel that silently did nothing cannot pass unnoticed.
-            pollster::block_on(read_f32(w.matmul_t(x.clone().slice([0..1, 0..k]))))?;
-            out.push(QMatmulBench {
-                format: format.to_string(),
-                m,
-                n,
-                k,
-                fused_secs,
-                fused_gflops: flops / fused_secs / 1e9,
-                f32_secs,
-                f32_gflops: flops / f32_secs / 1e9,
-                ratio: f32_secs / fused_secs,
-                packed_bytes: w.gpu_bytes(),
-                f32_bytes: n * k * 4,
-            });
+            for &kernel in kernels {
+                if kernel != QKernel::Tiled && m > GEMV_MAX_ROWS {
+                    continue;
+                }
+                let fused_secs = median_secs(device, iters, || w.matmul_t_with(x.clone(), kernel))?;
+                // Check the result against the f32 path on the dequantized weight, so a kernel
+                // that silently did nothing cannot be timed.
+                let got = pollster::block_on(read_f32(w.matmul_t_with(x.clone(), kernel)))?;
+                let dense: Tensor<2> =
+                    Tensor::from_data(TensorData::new(host.dequantize(), [n, k]), device);
+                let want = pollster::block_on(read_f32(x.clone().matmul(dense.transpose())))?;
+                let scale = want.iter().fold(1e-6f32, |a, v| a.max(v.abs()));
+                let err = got
+                    .iter()
+                    .zip(&want)
+                    .fold(0f32, |a, (g, w)| a.max((g - w).abs()));
+                anyhow::ensure!(
+                    err <= 1e-4 * scale,
+                    "{format} {kernel:?} {m}x{n}x{k}: result off by {err}"
+                );
+                out.push(QMatmulBench {
+                    format: format.to_string(),
+                    kernel: format!("{kernel:?}"),
+                    m,
+                    n,
+                    k,
+                    fused_secs,
+                    fused_gflops: flops / fused_secs / 1e9,
+                    f32_secs,
+                    f32_gflops: flops / f32_secs / 1e9,
+                    ratio: f32_secs / fused_secs,
+                    packed_bytes: w.gpu_bytes(),
+                    f32_bytes: n * k * 4,
+                });
+            }
         }
     }
     Ok(out)

@@ -103,22 +103,39 @@ fn kernel_bench(a: &BenchArgs, backend: &SelectedBackend) -> Result<()> {
             backend.description
         );
     }
+    use crate::kernels::qmatmul::QKernel;
     let formats = ["NF4", "Q4_0", "Q4_1", "Q8_0"];
-    let r = kernels::bench_qmatmul(
+    // Training-sized products through the tiled kernel, then one decoding row (generation)
+    // through every kernel that takes it.
+    let mut r = kernels::bench_qmatmul(
         &backend.device,
         a.rows,
         &kernels::SMOLLM2_SHAPES,
         &formats,
+        &[QKernel::Tiled],
         a.iters,
     )?;
+    let mut decode = vec![QKernel::Tiled, QKernel::Gemv];
+    if crate::kernels::subgroups() {
+        decode.push(QKernel::GemvSubgroup);
+    }
+    r.extend(kernels::bench_qmatmul(
+        &backend.device,
+        1,
+        &kernels::SMOLLM2_SHAPES,
+        &formats,
+        &decode,
+        a.iters.max(5),
+    )?);
     println!("{}", backend.description);
     println!(
-        "format      m     n     k   fused GFLOP/s   f32 GFLOP/s   ratio   weight bytes (packed / f32)"
+        "format kernel           m     n     k   fused GFLOP/s   f32 GFLOP/s   ratio   weight bytes (packed / f32)"
     );
     for b in &r {
         println!(
-            "{:<6} {:>6} {:>5} {:>5}   {:>13.2}   {:>11.2}   {:>5.2}   {} / {} (1/{:.1})",
+            "{:<6} {:<12} {:>6} {:>5} {:>5}   {:>13.2}   {:>11.2}   {:>5.2}   {} / {} (1/{:.1})",
             b.format,
+            b.kernel,
             b.m,
             b.n,
             b.k,

@@ -11,6 +11,21 @@ use burn::backend::wgpu::{CubeTensor, KernelSource, SourceKernel};
 use burn::cubecl::server::{BufferBinding, KernelArguments};
 use burn::cubecl::{CubeCount, CubeDim};
 use burn::tensor::{DType, Device, Shape};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Whether the wgpu device enabled the `subgroups` feature (recorded once by the front end's
+/// backend selection); kernels with a subgroup variant then use it.
+static SUBGROUPS: AtomicBool = AtomicBool::new(false);
+
+/// Record whether the wgpu device has the `subgroups` feature (see [`subgroups`]).
+pub fn set_subgroups(on: bool) {
+    SUBGROUPS.store(on, Ordering::Relaxed);
+}
+
+/// True when our kernels may use their subgroup variants (the device has `subgroups`).
+pub fn subgroups() -> bool {
+    SUBGROUPS.load(Ordering::Relaxed)
+}
 
 /// True when `device` (autodiff or not) runs on burn's CubeCL backend (wgpu), where our WGSL
 /// kernels can launch.
@@ -39,6 +54,26 @@ pub const SHADERS: &[Shader] = &[
         file: "qmatmul.wgsl",
         source: qmatmul::SOURCE,
         variants: qmatmul::variants,
+    },
+    Shader {
+        file: "qdecode.wgsl",
+        source: qmatmul::DECODE,
+        variants: qmatmul::decode_variants,
+    },
+    Shader {
+        file: "qgemv.wgsl",
+        source: qmatmul::GEMV,
+        variants: qmatmul::gemv_variants,
+    },
+    Shader {
+        file: "qgemv_subgroup.wgsl",
+        source: qmatmul::GEMV_SUBGROUP,
+        variants: qmatmul::gemv_subgroup_variants,
+    },
+    Shader {
+        file: "qgemv_workgroup.wgsl",
+        source: qmatmul::GEMV_WORKGROUP,
+        variants: qmatmul::gemv_workgroup_variants,
     },
     Shader {
         file: "block_rotate.wgsl",

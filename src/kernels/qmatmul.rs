@@ -1,6 +1,8 @@
 //! Fused dequantize × matmul (`shaders/qmatmul.wgsl`): `y = x · deq(W)ᵀ` and its input gradient
 //! `dx = dy · deq(W)` against a base weight that stays block-quantized on the GPU (bitsandbytes
-//! NF4, ggml Q4_0 / Q4_1 / Q8_0). The base is frozen, so no weight gradient exists.
+//! NF4, ggml Q4_0 / Q4_1 / Q8_0). The base is frozen, so no weight gradient exists. For x with
+//! few rows (token-by-token decoding) the forward runs a matrix-vector kernel instead
+//! (`shaders/qgemv.wgsl`), reduced with subgroup operations where the device has them.
 //!
 //! All four formats share one GPU layout, [`PackedHost`]: codes re-laid 8 (4-bit) or 4 (8-bit)
 //! per u32 in element order, then f32 scales, then f32 mins (Q4_1). Converting from the file
@@ -294,6 +296,41 @@ impl PackedHost {
     }
 }
 
+/// Which kernel computes a product.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum QKernel {
+    /// Pick: the matrix-vector kernel for a forward with at most [`GEMV_MAX_ROWS`] rows (its
+    /// subgroup reduction when [`super::subgroups`] says the device has them), else the tiled one.
+    Auto,
+    /// `shaders/qmatmul.wgsl`: 64 × 64 output tiles; both directions, any M.
+    Tiled,
+    /// `shaders/qgemv.wgsl` + `qgemv_workgroup.wgsl`: forward only, M ≤ [`GEMV_MAX_ROWS`].
+    Gemv,
+    /// `shaders/qgemv.wgsl` + `qgemv_subgroup.wgsl`: as `Gemv`, reduced with `subgroupAdd`; needs
+    /// a device with the `subgroups` feature.
+    GemvSubgroup,
+}
+
+/// Most rows of x the matrix-vector kernel takes (`MAXM` in `shaders/qgemv.wgsl`).
+pub const GEMV_MAX_ROWS: usize = 8;
+
+impl QKernel {
+    /// The concrete kernel for `m` rows in the given direction.
+    pub fn resolve(self, m: usize, input_grad: bool) -> QKernel {
+        match self {
+            QKernel::Auto if !input_grad && m <= GEMV_MAX_ROWS => {
+                if super::subgroups() {
+                    QKernel::GemvSubgroup
+                } else {
+                    QKernel::Gemv
+                }
+            }
+            QKernel::Auto => QKernel::Tiled,
+            k => k,
+        }
+    }
+}
+
 /// The custom backend operation; implemented for the CubeCL (wgpu) backend and for autodiff.
 #[backend_extension(Autodiff, Cube)]
 pub trait QuantKernels: burn::backend::Backend {
@@ -303,6 +340,7 @@ pub trait QuantKernels: burn::backend::Backend {
         packed: IntTensor<Self>,
         layout: QLayout,
         input_grad: bool,
+        kernel: QKernel,
     ) -> FloatTensor<Self>;
 }
 
@@ -311,11 +349,13 @@ pub trait QuantKernels: burn::backend::Backend {
 struct QMatmulSource {
     layout: QLayout,
     input_grad: bool,
+    /// Resolved (never `Auto`).
+    kernel: QKernel,
 }
 
 impl KernelSource for QMatmulSource {
     fn source(&self) -> SourceTemplate {
-        fill_template(SourceTemplate::new(SOURCE), &self.layout, self.input_grad)
+        kernel_template(&self.layout, self.input_grad, self.kernel)
     }
 
     fn id(&self) -> KernelId {
@@ -323,6 +363,7 @@ impl KernelSource for QMatmulSource {
             self.layout.format.id(),
             self.layout.block as u32,
             self.input_grad,
+            self.kernel,
         ))
     }
 
@@ -331,41 +372,89 @@ impl KernelSource for QMatmulSource {
     }
 }
 
-/// The template text of `shaders/qmatmul.wgsl`.
+/// The template text of `shaders/qmatmul.wgsl` (the tiled kernel).
 pub const SOURCE: &str = include_str!("../../shaders/qmatmul.wgsl");
+/// `shaders/qdecode.wgsl`: the packed-layout decoding appended to both kernels.
+pub const DECODE: &str = include_str!("../../shaders/qdecode.wgsl");
+/// `shaders/qgemv.wgsl`: the matrix-vector kernel's body.
+pub const GEMV: &str = include_str!("../../shaders/qgemv.wgsl");
+/// `shaders/qgemv_subgroup.wgsl`: its entry point with a subgroup reduction.
+pub const GEMV_SUBGROUP: &str = include_str!("../../shaders/qgemv_subgroup.wgsl");
+/// `shaders/qgemv_workgroup.wgsl`: its portable entry point.
+pub const GEMV_WORKGROUP: &str = include_str!("../../shaders/qgemv_workgroup.wgsl");
 
-/// Every template fill the kernel launches: each format × both directions (for validation).
-pub fn variants() -> Vec<(String, String)> {
+/// The complete template of a resolved kernel: its files, appended, with the layout's values.
+pub fn kernel_template(layout: &QLayout, input_grad: bool, kernel: QKernel) -> SourceTemplate {
+    let t = match kernel {
+        QKernel::Gemv => SourceTemplate::new(GEMV).add_template(GEMV_WORKGROUP),
+        QKernel::GemvSubgroup => SourceTemplate::new(GEMV).add_template(GEMV_SUBGROUP),
+        QKernel::Tiled | QKernel::Auto => SourceTemplate::new(SOURCE),
+    };
+    t.add_template(DECODE)
+        .register("format", layout.format.id().to_string())
+        .register("bits", layout.format.bits().to_string())
+        .register("block", layout.block.to_string())
+        .register("input_grad", input_grad.to_string())
+}
+
+/// Every complete kernel launched for `kernels`: each format × (both directions for the tiled
+/// kernel, the forward for the others), for validation.
+fn variants_of(kernels: &[QKernel]) -> Vec<(String, String)> {
     let layouts = [
         (QFormat::Nf4, 64),
         (QFormat::Q4_0, 32),
         (QFormat::Q4_1, 32),
         (QFormat::Q8_0, 32),
     ];
-    layouts
-        .into_iter()
-        .flat_map(|(format, block)| {
-            let layout = QLayout::new(format, 2, 64, block).expect("a valid layout");
-            [false, true].map(|input_grad| {
-                (
-                    format!("{} input_grad={input_grad}", format.name()),
-                    fill_template(SourceTemplate::new(SOURCE), &layout, input_grad).complete(),
-                )
-            })
-        })
-        .collect()
+    let mut out = Vec::new();
+    for (format, block) in layouts {
+        let layout = QLayout::new(format, 2, 64, block).expect("a valid layout");
+        for &kernel in kernels {
+            let directions: &[bool] = if kernel == QKernel::Tiled {
+                &[false, true]
+            } else {
+                &[false]
+            };
+            for &input_grad in directions {
+                out.push((
+                    format!("{} {kernel:?} input_grad={input_grad}", format.name()),
+                    kernel_template(&layout, input_grad, kernel).complete(),
+                ));
+            }
+        }
+    }
+    out
 }
 
-/// Registers the template values of `qmatmul.wgsl`.
-pub fn fill_template(t: SourceTemplate, layout: &QLayout, input_grad: bool) -> SourceTemplate {
-    t.register("format", layout.format.id().to_string())
-        .register("bits", layout.format.bits().to_string())
-        .register("block", layout.block.to_string())
-        .register("input_grad", input_grad.to_string())
+/// Variants of `qmatmul.wgsl`.
+pub fn variants() -> Vec<(String, String)> {
+    variants_of(&[QKernel::Tiled])
 }
 
-/// Output tile edge of the kernel (rows and columns per workgroup).
+/// Variants of `qdecode.wgsl`: every kernel it is appended to.
+pub fn decode_variants() -> Vec<(String, String)> {
+    variants_of(&[QKernel::Tiled, QKernel::Gemv, QKernel::GemvSubgroup])
+}
+
+/// Variants of `qgemv.wgsl`.
+pub fn gemv_variants() -> Vec<(String, String)> {
+    variants_of(&[QKernel::Gemv, QKernel::GemvSubgroup])
+}
+
+/// Variants of `qgemv_subgroup.wgsl` (they need the `subgroups` capability).
+pub fn gemv_subgroup_variants() -> Vec<(String, String)> {
+    variants_of(&[QKernel::GemvSubgroup])
+}
+
+/// Variants of `qgemv_workgroup.wgsl`.
+pub fn gemv_workgroup_variants() -> Vec<(String, String)> {
+    variants_of(&[QKernel::Gemv])
+}
+
+/// Output tile edge of the tiled kernel (rows and columns per workgroup).
 const TILE: usize = 64;
+/// Output columns per workgroup of the matrix-vector kernel (`COLS` in `shaders/qgemv.wgsl`).
+const GEMV_COLS: usize = 4;
 
 impl QuantKernels for CubeBackend {
     fn qmatmul(
@@ -373,6 +462,7 @@ impl QuantKernels for CubeBackend {
         packed: IntTensor<Self>,
         layout: QLayout,
         input_grad: bool,
+        kernel: QKernel,
     ) -> FloatTensor<Self> {
         let x = into_contiguous(x);
         let dims = x.meta.shape().to_vec();
@@ -392,6 +482,24 @@ impl QuantKernels for CubeBackend {
             "qmatmul: packed words must be 32-bit"
         );
         let m = dims[0];
+        let kernel = kernel.resolve(m, input_grad);
+        let gemv = matches!(kernel, QKernel::Gemv | QKernel::GemvSubgroup);
+        assert!(
+            !gemv || (!input_grad && m <= GEMV_MAX_ROWS),
+            "qmatmul: the matrix-vector kernel takes a forward of at most {GEMV_MAX_ROWS} rows"
+        );
+        let (cube_dim, count) = if gemv {
+            (CubeDim::new_1d(64), [cols.div_ceil(GEMV_COLS) as u32, 1, 1])
+        } else {
+            (
+                CubeDim::new_2d(16, 16),
+                [
+                    cols.div_ceil(TILE) as u32,
+                    m.div_ceil(TILE).max(1) as u32,
+                    1,
+                ],
+            )
+        };
         let out = super::empty_f32(&x, vec![m, cols]);
         let info: [u32; 5] = [
             m as u32,
@@ -402,13 +510,13 @@ impl QuantKernels for CubeBackend {
         ];
         super::launch(
             &x,
-            QMatmulSource { layout, input_grad },
-            CubeDim::new_2d(16, 16),
-            [
-                cols.div_ceil(TILE) as u32,
-                m.div_ceil(TILE).max(1) as u32,
-                1,
-            ],
+            QMatmulSource {
+                layout,
+                input_grad,
+                kernel,
+            },
+            cube_dim,
+            count,
             vec![
                 x.handle.clone().binding(),
                 packed.handle.binding(),
@@ -426,6 +534,7 @@ impl<B: QuantKernels, C: CheckpointStrategy> QuantKernels for Autodiff<B, C> {
         packed: IntTensor<Self>,
         layout: QLayout,
         input_grad: bool,
+        kernel: QKernel,
     ) -> FloatTensor<Self> {
         /// The gradient of either direction is the other direction against the same W.
         #[derive(Debug)]
@@ -444,7 +553,10 @@ impl<B: QuantKernels, C: CheckpointStrategy> QuantKernels for Autodiff<B, C> {
                 let grad = grads.consume::<B>(&ops.node);
                 let (packed, layout, input_grad) = ops.state;
                 if let Some(node) = node {
-                    grads.register::<B>(node.id, B::qmatmul(grad, packed, layout, !input_grad));
+                    grads.register::<B>(
+                        node.id,
+                        B::qmatmul(grad, packed, layout, !input_grad, QKernel::Auto),
+                    );
                 }
             }
         }
@@ -455,12 +567,22 @@ impl<B: QuantKernels, C: CheckpointStrategy> QuantKernels for Autodiff<B, C> {
             .stateful()
         {
             OpsKind::Tracked(prep) => {
-                let out = B::qmatmul(x.into_primitive(), packed.clone(), layout, input_grad);
+                let out = B::qmatmul(
+                    x.into_primitive(),
+                    packed.clone(),
+                    layout,
+                    input_grad,
+                    kernel,
+                );
                 prep.finish((packed, layout, input_grad), out)
             }
-            OpsKind::UnTracked(prep) => {
-                prep.finish(B::qmatmul(x.into_primitive(), packed, layout, input_grad))
-            }
+            OpsKind::UnTracked(prep) => prep.finish(B::qmatmul(
+                x.into_primitive(),
+                packed,
+                layout,
+                input_grad,
+                kernel,
+            )),
         }
     }
 }
@@ -493,23 +615,29 @@ impl PackedWeight {
         }
     }
 
-    fn apply(&self, x: Tensor<2>, input_grad: bool) -> Tensor<2> {
+    fn apply(&self, x: Tensor<2>, input_grad: bool, kernel: QKernel) -> Tensor<2> {
         Tensor::from_dispatch(<Dispatch as QuantKernels>::qmatmul(
             x.into_dispatch(),
             self.words.clone().into_dispatch(),
             self.layout,
             input_grad,
+            kernel,
         ))
     }
 
     /// `x [M, k] · deq(W)ᵀ → [M, n]`, differentiable in `x`.
     pub fn matmul_t(&self, x: Tensor<2>) -> Tensor<2> {
-        self.apply(x, false)
+        self.apply(x, false, QKernel::Auto)
+    }
+
+    /// [`Self::matmul_t`] through a chosen kernel (tests and benchmarks compare them).
+    pub fn matmul_t_with(&self, x: Tensor<2>, kernel: QKernel) -> Tensor<2> {
+        self.apply(x, false, kernel)
     }
 
     /// `x [M, n] · deq(W) → [M, k]`, differentiable in `x` (the input-gradient direction).
     pub fn matmul(&self, x: Tensor<2>) -> Tensor<2> {
-        self.apply(x, true)
+        self.apply(x, true, QKernel::Tiled)
     }
 
     /// The dense `[n, k]` weight (for merging and the weight-centric OFT baseline only): the

@@ -5,7 +5,7 @@
 use crate::common::{block, device};
 use burn::tensor::{Device, Tensor, TensorData};
 use wgtune::backend::{BackendChoice, select};
-use wgtune::kernels::qmatmul::{PackedHost, PackedWeight};
+use wgtune::kernels::qmatmul::{GEMV_MAX_ROWS, PackedHost, PackedWeight, QKernel};
 use wgtune::kernels::{SHADERS, has_wgsl_kernels};
 use wgtune::model::read_f32;
 use wgtune::quant::ggml::GgmlType;
@@ -114,12 +114,16 @@ fn every_shader_validates_with_naga() {
             );
             let module = naga::front::wgsl::parse_str(&src)
                 .unwrap_or_else(|e| panic!("{file} {what}: {}", e.emit_to_string(&src)));
-            naga::valid::Validator::new(
-                naga::valid::ValidationFlags::all(),
-                naga::valid::Capabilities::default(),
-            )
-            .validate(&module)
-            .unwrap_or_else(|e| panic!("{file} {what}: {e:?}"));
+            // Only the subgroup variants may need the device feature; everything else must
+            // validate with the default (WebGPU baseline) capabilities.
+            let caps = if src.contains("subgroupAdd") {
+                naga::valid::Capabilities::default() | naga::valid::Capabilities::SUBGROUP
+            } else {
+                naga::valid::Capabilities::default()
+            };
+            naga::valid::Validator::new(naga::valid::ValidationFlags::all(), caps)
+                .validate(&module)
+                .unwrap_or_else(|e| panic!("{file} {what}: {e:?}"));
             let mut layouter = naga::proc::Layouter::default();
             layouter.update(module.to_ctx()).unwrap();
             let shared: u32 = module
@@ -172,6 +176,52 @@ fn fused_qmatmul_equals_dense_reference_on_wgpu() {
             assert_eq!(dense, w, "{name}: dequantize through the kernel is exact");
         }
     }
+}
+
+/// The matrix-vector kernel (decoding: M ≤ 8), with its portable workgroup reduction and with
+/// the subgroup reduction (lavapipe has `subgroups`), against the dense reference; and `Auto`
+/// takes it for M ≤ 8 and the tiled kernel above.
+#[test]
+fn qgemv_equals_dense_reference_on_wgpu() {
+    let device = device("wgpu");
+    let sub = wgtune::kernels::subgroups();
+    eprintln!("device subgroups: {sub}");
+    let mut kernels = vec![QKernel::Gemv, QKernel::Auto];
+    if sub {
+        kernels.push(QKernel::GemvSubgroup);
+    }
+    // N not a multiple of the 4 columns per workgroup; K = 112 straddles NF4 blocks over rows;
+    // K = 320 gives invocations unequal shares of the 64 × 4 stride.
+    for (m, n, k) in [(1, 70, 192), (3, 5, 112), (8, 9, 320), (9, 4, 64)] {
+        for host in weights(n, k) {
+            let name = host.layout.format.name();
+            let w = host.dequantize();
+            let packed = PackedWeight::upload(&host, &device);
+            let x = values(m * k, 13);
+            let want = reference(&x, m, k, n, |t, j| w[j * k + t]);
+            for &kernel in &kernels {
+                if m > GEMV_MAX_ROWS && kernel != QKernel::Auto {
+                    continue;
+                }
+                let y = block(read_f32(
+                    packed.matmul_t_with(upload(x.clone(), [m, k], &device), kernel),
+                ))
+                .unwrap();
+                let e = rel_err(&y, &want);
+                assert!(e < 1e-5, "{name} {kernel:?} {m}x{n}x{k}: rel err {e}");
+            }
+        }
+    }
+    assert_eq!(QKernel::Auto.resolve(9, false), QKernel::Tiled);
+    assert_eq!(QKernel::Auto.resolve(1, true), QKernel::Tiled);
+    assert_eq!(
+        QKernel::Auto.resolve(1, false),
+        if sub {
+            QKernel::GemvSubgroup
+        } else {
+            QKernel::Gemv
+        }
+    );
 }
 
 #[test]
