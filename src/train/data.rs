@@ -486,18 +486,27 @@ pub fn make_batch(examples: &[&Example], pad_id: u32) -> Batch {
     batch
 }
 
-/// Splits off `ceil(eval_fraction · n)` examples (at least 1 when the fraction is positive and
-/// n > 1, never all) chosen by a seeded shuffle; returns `(train, eval)`, each in file order.
+/// How many of `n` examples [`split_eval`] holds out for `eval_fraction`: `ceil(fraction · n)`,
+/// at least 1 when the fraction is positive and n > 1, never all.
+pub fn eval_count(n: usize, eval_fraction: f64) -> usize {
+    if eval_fraction.is_nan() || eval_fraction <= 0.0 || n < 2 {
+        return 0;
+    }
+    ((eval_fraction * n as f64).ceil() as usize).clamp(1, n - 1)
+}
+
+/// Splits off [`eval_count`] examples chosen by a seeded shuffle; returns `(train, eval)`, each
+/// in file order.
 pub fn split_eval(
     examples: Vec<Example>,
     eval_fraction: f64,
     seed: u64,
 ) -> (Vec<Example>, Vec<Example>) {
     let n = examples.len();
-    if eval_fraction.is_nan() || eval_fraction <= 0.0 || n < 2 {
+    let k = eval_count(n, eval_fraction);
+    if k == 0 {
         return (examples, Vec::new());
     }
-    let k = ((eval_fraction * n as f64).ceil() as usize).clamp(1, n - 1);
     let mut order: Vec<usize> = (0..n).collect();
     order.shuffle(&mut StdRng::seed_from_u64(seed));
     let mut is_eval = vec![false; n];

@@ -170,7 +170,8 @@ impl WgtuneApp {
             return;
         };
         let n = d.lengths.len();
-        let n_eval = (n as f64 * split).round() as usize;
+        // The same count the training run splits off.
+        let n_eval = crate::train::data::eval_count(n, split);
         ui.label(format!(
             "{} records, format: {}; {} train / {} eval",
             d.records,

@@ -7,15 +7,33 @@ use egui::{Color32, DragValue};
 use egui_plot::{Bar, Legend, Line, Plot};
 use std::path::Path;
 
-/// A compact line plot of one series against the step.
+/// A compact line plot of one series against the step. A constant series (a flat learning
+/// rate, zero memory) gets the y range [0, 1.25·v] instead of egui_plot's default for a
+/// zero-height range, which follows the x range (±200 after 400 steps) and hides the value.
 pub(super) fn small_plot(ui: &mut egui::Ui, name: &str, s: &Series, h: f32, color: Color32) {
-    Plot::new(name)
+    let mut plot = Plot::new(name)
         .height(h)
         .legend(Legend::default())
-        .x_axis_label("step")
-        .show(ui, |p| {
-            p.line(Line::new(name, s.clone()).color(color).width(1.5))
-        });
+        .x_axis_label("step");
+    if let Some([lo, hi]) = flat_range(s) {
+        plot = plot.include_y(lo).include_y(hi);
+    }
+    plot.show(ui, |p| {
+        p.line(Line::new(name, s.clone()).color(color).width(1.5))
+    });
+}
+
+/// The y range to show for a series whose values are all equal (`None` otherwise).
+pub(super) fn flat_range(s: &Series) -> Option<[f64; 2]> {
+    let first = s.first()?[1];
+    if s.iter().any(|p| p[1] != first) {
+        return None;
+    }
+    Some(if first == 0.0 {
+        [0.0, 1.0]
+    } else {
+        [first.min(0.0) * 1.25, first.max(0.0) * 1.25]
+    })
 }
 
 /// Bars of a histogram of `values` in about `bins` equal bins.
@@ -140,4 +158,18 @@ pub(super) fn recent_menu(
             }
         });
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::flat_range;
+
+    #[test]
+    fn flat_series_get_a_visible_range() {
+        assert_eq!(flat_range(&vec![[0.0, 2.0], [1.0, 2.0]]), Some([0.0, 2.5]));
+        assert_eq!(flat_range(&vec![[0.0, 0.0]]), Some([0.0, 1.0]));
+        assert_eq!(flat_range(&vec![[0.0, -1.0]]), Some([-1.25, 0.0]));
+        assert_eq!(flat_range(&vec![[0.0, 1.0], [1.0, 2.0]]), None);
+        assert_eq!(flat_range(&vec![]), None);
+    }
 }
