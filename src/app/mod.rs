@@ -2,6 +2,7 @@
 //! access, blocking on futures and the process exit code live here, not in the core.
 
 pub mod cli;
+pub mod curves;
 pub mod files;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod gui;
