@@ -297,6 +297,33 @@ fn now_ms() -> f64 {
         .map_or(0.0, |p| p.now())
 }
 
+/// The page's WebGPU adapter as the browser describes it (`GPUAdapterInfo` vendor, architecture,
+/// description; wgpu only passes the often empty description on).
+async fn js_adapter_name() -> Option<String> {
+    let nav = web_sys::window()?.navigator();
+    let gpu = js_sys::Reflect::get(&nav, &"gpu".into()).ok()?;
+    let request: js_sys::Function = js_sys::Reflect::get(&gpu, &"requestAdapter".into())
+        .ok()?
+        .dyn_into()
+        .ok()?;
+    let promise: js_sys::Promise = request.call0(&gpu).ok()?.dyn_into().ok()?;
+    let adapter = JsFuture::from(promise).await.ok()?;
+    if adapter.is_null() || adapter.is_undefined() {
+        return None;
+    }
+    let info = js_sys::Reflect::get(&adapter, &"info".into()).ok()?;
+    let parts: Vec<String> = ["vendor", "architecture", "description"]
+        .iter()
+        .filter_map(|k| {
+            js_sys::Reflect::get(&info, &(*k).into())
+                .ok()
+                .and_then(|v| v.as_string())
+                .filter(|s| !s.is_empty())
+        })
+        .collect();
+    (!parts.is_empty()).then(|| parts.join(" "))
+}
+
 /// Initialise burn's wgpu runtime on the browser's WebGPU (async adapter/device requests), or
 /// fall back to the CPU backend with a message.
 async fn init_device() {
@@ -307,6 +334,11 @@ async fn init_device() {
                 .unwrap_or(false)
         })
         .unwrap_or(false);
+    let js_name = if has_gpu {
+        js_adapter_name().await
+    } else {
+        None
+    };
     let result = if has_gpu {
         Device::wgpu_options()
             .init_with_setup_async()
@@ -320,14 +352,10 @@ async fn init_device() {
     match result {
         Ok((device, setup)) => {
             let info = setup.adapter.get_info();
-            let name = [
-                info.name.as_str(),
-                info.driver.as_str(),
-                info.driver_info.as_str(),
-            ]
-            .iter()
-            .find(|s| !s.is_empty())
-            .map_or_else(|| format!("{:?}", info.device_type), |s| s.to_string());
+            let name = Some(info.name.clone())
+                .filter(|n| !n.is_empty())
+                .or(js_name)
+                .unwrap_or_else(|| "unnamed adapter".into());
             st.adapter = format!("{name} ({:?}, {:?})", info.backend, info.device_type);
             st.backend = format!("WebGPU: {}", st.adapter);
             st.device = Some(device);
