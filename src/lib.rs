@@ -14,7 +14,6 @@ pub mod par;
 pub mod quant;
 pub mod train;
 
-#[cfg(not(target_arch = "wasm32"))]
 pub mod app;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod bench;

@@ -1,12 +1,22 @@
-//! Front ends: the headless CLI, the desktop app (`gui`) and, with a later issue, the web entry. File
-//! access, blocking on futures and the process exit code live here, not in the core.
+//! Front ends: the headless CLI, the desktop app (`gui`) and the browser app (`web`, wasm32 only).
+//! File access, blocking on futures and the process exit code live here, not in the core.
 
+#[cfg(not(target_arch = "wasm32"))]
 pub mod cli;
+pub mod curves;
+#[cfg(not(target_arch = "wasm32"))]
 pub mod files;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod gui;
+#[cfg(not(target_arch = "wasm32"))]
 pub mod loftq;
+#[cfg(not(target_arch = "wasm32"))]
 pub mod merge;
+#[cfg(not(target_arch = "wasm32"))]
 pub mod par;
+#[cfg(not(target_arch = "wasm32"))]
 pub mod quantize;
+#[cfg(not(target_arch = "wasm32"))]
 pub mod train;
+#[cfg(target_arch = "wasm32")]
+pub mod web;

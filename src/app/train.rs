@@ -3,18 +3,16 @@
 //! `OUT/metrics.jsonl`, write checkpoints atomically, and save the peft adapter at the end. The
 //! loop itself ([`run_training`]) is shared with the desktop app, which drives it from a thread.
 
-use super::cli::{load, pick_backend, read_examples};
-use super::files::{DirSource, write_atomic};
+use super::cli::{load, pick_backend};
+use super::files::{DirSource, read_blob, write_atomic};
 use super::loftq::{attach_loftq, load_loftq};
 use crate::adapters;
 use crate::io::peft::{load_adapter, save_adapter};
-use crate::train::data::{
-    BadLine, DataOptions, Example, epoch_order, make_batch, pack, split_eval,
-};
+use crate::train::data::Example;
 use crate::train::run::RunConfig;
+use crate::train::session::{Schedule, data_options, examples_from_text};
 use crate::train::trainer::{StepMetrics, TrainError, Trainer};
 use anyhow::{Context, Result, bail};
-use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -121,36 +119,15 @@ fn read_data(
     lm: &crate::model::loader::LoadedModel,
     sink: &mut dyn FnMut(TrainEvent),
 ) -> Result<Vec<Example>> {
-    let on_bad_line = match run.on_bad_line.as_deref().unwrap_or("stop") {
-        "stop" => BadLine::Stop,
-        "skip" => BadLine::Skip,
-        other => bail!("unknown --on-bad-line `{other}` (stop, skip)"),
-    };
-    let max_seq_len = run.max_seq_len.unwrap_or(512);
-    let opts = DataOptions {
-        max_seq_len,
-        on_bad_line,
-    };
-    let (examples, report) = read_examples(path, lm, &opts)?;
-    for (line, msg) in &report.skipped {
-        sink(TrainEvent::Log(format!(
-            "warning: {}:{line}: skipped: {msg}",
-            path.display()
-        )));
+    let opts = data_options(run)?;
+    let blob = read_blob(path)?;
+    let text = std::str::from_utf8((*blob).as_ref())
+        .with_context(|| format!("{}: not UTF-8 text", path.display()))?;
+    let (examples, log) = examples_from_text(run, &opts, text, &path.display().to_string(), lm)?;
+    for line in log {
+        sink(TrainEvent::Log(line));
     }
-    if report.truncated > 0 || report.dropped_unscored > 0 {
-        sink(TrainEvent::Log(format!(
-            "data: {} examples ({} truncated to {max_seq_len} tokens, {} dropped with nothing to score)",
-            examples.len(),
-            report.truncated,
-            report.dropped_unscored
-        )));
-    }
-    Ok(if run.packing.unwrap_or(false) {
-        pack(&examples, max_seq_len)
-    } else {
-        examples
-    })
+    Ok(examples)
 }
 
 /// `wgtune train`.
@@ -280,20 +257,9 @@ pub fn run_training(
     )));
     let data = read_data(run, &data_path, &lm, sink)?;
     let seed = run.seed.unwrap_or(42);
-    let (train, eval) = split_eval(data, run.eval_split.unwrap_or(0.0), seed);
-    if train.is_empty() {
-        bail!(
-            "{}: no training examples left after the eval split",
-            data_path.display()
-        );
-    }
-    let bs = run.batch_size.unwrap_or(4).max(1);
-    let accum = run.grad_accum.unwrap_or(1).max(1);
-    let per_step = bs * accum;
-    let total = match run.steps {
-        Some(s) => s,
-        None => (run.epochs.unwrap_or(1) * train.len()).div_ceil(per_step),
-    };
+    let pad = lm.model.config.eos_token_ids.first().copied().unwrap_or(0);
+    let mut schedule = Schedule::new(run, data, pad, &data_path.display().to_string())?;
+    let (bs, accum, total) = (schedule.batch_size, schedule.accum, schedule.total);
     let cfg = match &run.init_adapter {
         Some(dir) => {
             let c = load_adapter(&DirSource::new(dir), &mut lm.model)?;
@@ -317,7 +283,6 @@ pub fn run_training(
         .iter()
         .map(|(_, t)| t.dims().iter().product::<usize>())
         .sum();
-    let pad = lm.model.config.eos_token_ids.first().copied().unwrap_or(0);
     let mut trainer = Trainer::new(
         lm.model,
         cfg.clone(),
@@ -345,24 +310,12 @@ pub fn run_training(
     sink(TrainEvent::Log(format!(
         "training {} ({n_params} trainable parameters) on {} examples ({} eval), {total} steps of {bs}x{accum}",
         method_name(&cfg),
-        train.len(),
-        eval.len()
+        schedule.train.len(),
+        schedule.eval.len()
     )));
-    let shuffle = !run.no_shuffle.unwrap_or(false);
-    let mut orders: HashMap<usize, Vec<usize>> = HashMap::new();
-    let mut pick = |g: usize| -> &Example {
-        let epoch = g / train.len();
-        let order = orders
-            .entry(epoch)
-            .or_insert_with(|| epoch_order(train.len(), epoch as u64, seed, shuffle));
-        &train[order[g % train.len()]]
-    };
     let save_every = run.save_every.unwrap_or(0);
     let eval_every = run.eval_every.unwrap_or(0);
-    let eval_batches: Vec<_> = eval
-        .chunks(bs)
-        .map(|c| make_batch(&c.iter().collect::<Vec<_>>(), pad))
-        .collect();
+    let eval_batches = schedule.eval_batches();
     // A LoftQ adapter belongs to the LoftQ base, not to the original weights.
     let base_name = match loftq_iters {
         Some(_) => out.join(LOFTQ_BASE),
@@ -401,14 +354,7 @@ pub fn run_training(
             stopped = true;
             break;
         }
-        let s = trainer.step_count() as usize;
-        let micro: Vec<_> = (0..accum)
-            .map(|k| {
-                let rows: Vec<&Example> =
-                    (0..bs).map(|j| pick(s * per_step + k * bs + j)).collect();
-                make_batch(&rows, pad)
-            })
-            .collect();
+        let micro = schedule.micro_batches(trainer.step_count() as usize);
         let t0 = Instant::now();
         let m = match pollster::block_on(trainer.step(&micro)) {
             Ok(m) => m,

@@ -3,4 +3,5 @@
 pub mod data;
 pub mod optim;
 pub mod run;
+pub mod session;
 pub mod trainer;

@@ -12,5 +12,6 @@ mod loftq;
 mod oft_kernels;
 mod par;
 mod peft_fixtures;
+mod session;
 mod smollm2;
 mod train_cli;

@@ -5,7 +5,7 @@
 
 mod app;
 pub mod browse;
-pub mod curves;
+pub use super::curves;
 pub mod state;
 pub mod worker;
 

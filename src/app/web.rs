@@ -1,0 +1,853 @@
+//! The browser app (wasm32 only): the desktop app's training core in a tab, on WebGPU.
+//!
+//! Model and data come from the page's file picker (an HF folder's files or one GGUF, and a JSONL
+//! file, read into memory once) or from the tiny demo bundled in the wasm. Training runs as a
+//! `spawn_local` task that awaits every GPU readback and yields to the browser between steps, so
+//! the page stays responsive. Each step is logged to the console as one JSON line, and
+//! `window.wgtune_status()` returns the same state for automation (web/test.sh). Without WebGPU the
+//! page says how to enable it and trains on burn's CPU backend instead.
+
+use crate::adapters::Method;
+use crate::app::curves::{Curves, Series};
+use crate::io::{Blob, FileSource, LoadError};
+use crate::model::loader::{ModelSource, load_model};
+use crate::train::run::RunConfig;
+use crate::train::session::Session;
+use burn::tensor::Device;
+use eframe::egui::{self, Color32, RichText};
+use egui_plot::{Legend, Line, Plot};
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::Arc;
+use wasm_bindgen::JsCast;
+use wasm_bindgen::prelude::*;
+use wasm_bindgen_futures::JsFuture;
+
+/// The demo run: the tiny fixture model with its data (the same file `web/test.sh` trains
+/// natively with `--backend cpu` to compare losses).
+const DEMO_RUN: &str = include_str!("../../web/demo-run.toml");
+const DEMO_DIR: &str = "tests/fixtures/tiny_gqa";
+const DEMO_FILES: [(&str, &[u8]); 3] = [
+    (
+        "config.json",
+        include_bytes!("../../tests/fixtures/tiny_gqa/config.json"),
+    ),
+    (
+        "generation_config.json",
+        include_bytes!("../../tests/fixtures/tiny_gqa/generation_config.json"),
+    ),
+    (
+        "model.safetensors",
+        include_bytes!("../../tests/fixtures/tiny_gqa/model.safetensors"),
+    ),
+];
+const DEMO_DATA_NAME: &str = "tests/fixtures/tiny_gqa/data.jsonl";
+const DEMO_DATA: &str = include_str!("../../tests/fixtures/tiny_gqa/data.jsonl");
+
+/// Files picked in the browser (or bundled), by name, as an HF folder.
+struct MemFolder {
+    name: String,
+    files: HashMap<String, Blob>,
+}
+
+impl FileSource for MemFolder {
+    fn read(&self, name: &str) -> Result<Option<Blob>, LoadError> {
+        Ok(self.files.get(name).cloned())
+    }
+    fn display(&self, name: &str) -> String {
+        format!("{}/{name}", self.name)
+    }
+}
+
+/// The model the user chose.
+enum ModelChoice {
+    Folder(Rc<MemFolder>),
+    Gguf { name: String, bytes: Blob },
+}
+
+impl ModelChoice {
+    fn name(&self) -> String {
+        match self {
+            ModelChoice::Folder(f) => f.name.clone(),
+            ModelChoice::Gguf { name, .. } => name.clone(),
+        }
+    }
+}
+
+/// Everything the page shows and `wgtune_status()` reports.
+struct Shared {
+    /// `starting`, `ready`, `loading`, `training`, `done` or `error`.
+    phase: &'static str,
+    device: Option<Device>,
+    /// WebGPU adapter (empty without WebGPU).
+    adapter: String,
+    /// Backend description shown on the page.
+    backend: String,
+    /// Why WebGPU is not used (empty when it is).
+    no_webgpu: String,
+    model: Option<Rc<ModelChoice>>,
+    data: Option<(String, Rc<String>)>,
+    run: RunConfig,
+    step: u64,
+    total: usize,
+    losses: Vec<f64>,
+    step_ms: Vec<f64>,
+    tokens: Vec<usize>,
+    curves: Curves,
+    log: Vec<String>,
+    error: Option<String>,
+    adapter_files: Option<(String, Vec<u8>)>,
+    stop: bool,
+    ctx: Option<egui::Context>,
+}
+
+impl Shared {
+    fn status(&self) -> serde_json::Value {
+        let mean_ms = if self.step_ms.len() > 1 {
+            // The first step compiles the shaders: leave it out of the mean.
+            let rest = &self.step_ms[1..];
+            rest.iter().sum::<f64>() / rest.len() as f64
+        } else {
+            self.step_ms.first().copied().unwrap_or(0.0)
+        };
+        serde_json::json!({
+            "phase": self.phase,
+            "step": self.step,
+            "total": self.total,
+            "loss": self.losses.last(),
+            "losses": self.losses,
+            "step_ms": self.step_ms,
+            "tokens": self.tokens,
+            "mean_step_ms": mean_ms,
+            "error": self.error,
+            "adapter": self.adapter,
+            "backend": self.backend,
+            "webgpu": self.no_webgpu.is_empty() && !self.adapter.is_empty(),
+            "method": self.run.method,
+            "model": self.model.as_ref().map(|m| m.name()),
+            "data": self.data.as_ref().map(|d| d.0.clone()),
+            "adapter_ready": self.adapter_files.is_some(),
+        })
+    }
+
+    fn log(&mut self, line: String) {
+        web_sys::console::log_1(&line.clone().into());
+        self.log.push(line);
+    }
+
+    fn fail(&mut self, e: String) {
+        web_sys::console::error_1(&format!("wgtune error: {e}").into());
+        self.log.push(format!("error: {e}"));
+        self.error = Some(e);
+        self.phase = "error";
+    }
+
+    fn repaint(&self) {
+        if let Some(ctx) = &self.ctx {
+            ctx.request_repaint();
+        }
+    }
+}
+
+thread_local! {
+    static SHARED: Rc<RefCell<Shared>> = Rc::new(RefCell::new(Shared {
+        phase: "starting",
+        device: None,
+        adapter: String::new(),
+        backend: "starting…".into(),
+        no_webgpu: String::new(),
+        model: None,
+        data: None,
+        run: RunConfig::from_toml(DEMO_RUN).unwrap_or_default(),
+        step: 0,
+        total: 0,
+        losses: Vec::new(),
+        step_ms: Vec::new(),
+        tokens: Vec::new(),
+        curves: Curves::new(0.6),
+        log: Vec::new(),
+        error: None,
+        adapter_files: None,
+        stop: false,
+        ctx: None,
+    }));
+}
+
+fn shared() -> Rc<RefCell<Shared>> {
+    SHARED.with(Rc::clone)
+}
+
+/// The page's state as JSON: phase, step, total, loss, losses, step_ms, tokens, mean_step_ms,
+/// error, adapter (WebGPU adapter), backend, webgpu, method, model, data, adapter_ready.
+#[wasm_bindgen]
+pub fn wgtune_status() -> String {
+    shared().borrow().status().to_string()
+}
+
+/// Load the bundled demo model and data (as the "Load demo" button does).
+#[wasm_bindgen]
+pub fn wgtune_load_demo() {
+    load_demo(&mut shared().borrow_mut());
+}
+
+/// Start training with `method` (`lora` or `oft`) for `steps` steps on the loaded model and data
+/// (the demo when nothing is loaded), as the Start button does. Returns false when busy.
+#[wasm_bindgen]
+pub fn wgtune_train(method: &str, steps: usize) -> bool {
+    let s = shared();
+    let mut st = s.borrow_mut();
+    if matches!(st.phase, "training" | "loading" | "starting") {
+        return false;
+    }
+    if st.model.is_none() || st.data.is_none() {
+        load_demo(&mut st);
+    }
+    st.run.method = Some(method.into());
+    st.run.steps = Some(steps);
+    drop(st);
+    start_training();
+    true
+}
+
+/// Download `adapter` (adapter_config.json and adapter_model.safetensors) or `run` (run.toml), as
+/// the page's buttons do. Returns false when there is nothing to download yet.
+#[wasm_bindgen]
+pub fn wgtune_download(what: &str) -> bool {
+    let st = shared();
+    let st = st.borrow();
+    match what {
+        "adapter" => match &st.adapter_files {
+            Some((json, bytes)) => {
+                download("adapter_config.json", json.as_bytes(), "application/json");
+                download(
+                    "adapter_model.safetensors",
+                    bytes,
+                    "application/octet-stream",
+                );
+                true
+            }
+            None => false,
+        },
+        "run" => {
+            download("run.toml", st.run.to_toml().as_bytes(), "application/toml");
+            true
+        }
+        _ => false,
+    }
+}
+
+fn load_demo(st: &mut Shared) {
+    let files = DEMO_FILES
+        .iter()
+        .map(|(n, b)| (n.to_string(), Arc::new(*b) as Blob))
+        .collect();
+    st.model = Some(Rc::new(ModelChoice::Folder(Rc::new(MemFolder {
+        name: DEMO_DIR.into(),
+        files,
+    }))));
+    st.data = Some((DEMO_DATA_NAME.into(), Rc::new(DEMO_DATA.into())));
+    let demo = RunConfig::from_toml(DEMO_RUN).unwrap_or_default();
+    let (method, steps) = (st.run.method.clone(), st.run.steps);
+    st.run = demo;
+    st.run.method = method.or(st.run.method.take());
+    st.run.steps = steps.or(st.run.steps);
+    st.log("demo: tiny Llama (2 layers, 64 wide) and 2 rows of data".into());
+    st.repaint();
+}
+
+/// Save `bytes` as a download named `name`.
+fn download(name: &str, bytes: &[u8], mime: &str) {
+    let go = || -> Result<(), JsValue> {
+        let window = web_sys::window().ok_or("no window")?;
+        let doc = window.document().ok_or("no document")?;
+        let arr = js_sys::Uint8Array::from(bytes);
+        let parts = js_sys::Array::of1(&arr);
+        let opts = web_sys::BlobPropertyBag::new();
+        opts.set_type(mime);
+        let blob = web_sys::Blob::new_with_u8_array_sequence_and_options(&parts, &opts)?;
+        let url = web_sys::Url::create_object_url_with_blob(&blob)?;
+        let a: web_sys::HtmlAnchorElement = doc.create_element("a")?.dyn_into()?;
+        a.set_href(&url);
+        a.set_download(name);
+        let body = doc.body().ok_or("no body")?;
+        body.append_child(&a)?;
+        a.click();
+        body.remove_child(&a)?;
+        Ok(())
+    };
+    if let Err(e) = go() {
+        web_sys::console::error_2(&format!("download {name} failed:").into(), &e);
+    }
+}
+
+/// Resolve after the browser had a chance to run its own tasks (a `setTimeout(0)`).
+async fn yield_to_browser() {
+    let p = js_sys::Promise::new(&mut |resolve, _| {
+        if let Some(w) = web_sys::window() {
+            let _ = w.set_timeout_with_callback_and_timeout_and_arguments_0(&resolve, 0);
+        }
+    });
+    let _ = JsFuture::from(p).await;
+}
+
+fn now_ms() -> f64 {
+    web_sys::window()
+        .and_then(|w| w.performance())
+        .map_or(0.0, |p| p.now())
+}
+
+/// The page's WebGPU adapter as the browser describes it (`GPUAdapterInfo` vendor, architecture,
+/// description; wgpu only passes the often empty description on).
+async fn js_adapter_name() -> Option<String> {
+    let nav = web_sys::window()?.navigator();
+    let gpu = js_sys::Reflect::get(&nav, &"gpu".into()).ok()?;
+    let request: js_sys::Function = js_sys::Reflect::get(&gpu, &"requestAdapter".into())
+        .ok()?
+        .dyn_into()
+        .ok()?;
+    let promise: js_sys::Promise = request.call0(&gpu).ok()?.dyn_into().ok()?;
+    let adapter = JsFuture::from(promise).await.ok()?;
+    if adapter.is_null() || adapter.is_undefined() {
+        return None;
+    }
+    let info = js_sys::Reflect::get(&adapter, &"info".into()).ok()?;
+    let parts: Vec<String> = ["vendor", "architecture", "description"]
+        .iter()
+        .filter_map(|k| {
+            js_sys::Reflect::get(&info, &(*k).into())
+                .ok()
+                .and_then(|v| v.as_string())
+                .filter(|s| !s.is_empty())
+        })
+        .collect();
+    (!parts.is_empty()).then(|| parts.join(" "))
+}
+
+/// Initialise burn's wgpu runtime on the browser's WebGPU (async adapter/device requests), or
+/// fall back to the CPU backend with a message.
+async fn init_device() {
+    let has_gpu = web_sys::window()
+        .map(|w| {
+            js_sys::Reflect::get(&w.navigator(), &"gpu".into())
+                .map(|g| !g.is_undefined() && !g.is_null())
+                .unwrap_or(false)
+        })
+        .unwrap_or(false);
+    let js_name = if has_gpu {
+        js_adapter_name().await
+    } else {
+        None
+    };
+    let result = if has_gpu {
+        Device::wgpu_options()
+            .init_with_setup_async()
+            .await
+            .map_err(|e| e.to_string())
+    } else {
+        Err("this browser has no navigator.gpu".into())
+    };
+    let s = shared();
+    let mut st = s.borrow_mut();
+    match result {
+        Ok((device, setup)) => {
+            let info = setup.adapter.get_info();
+            let name = Some(info.name.clone())
+                .filter(|n| !n.is_empty())
+                .or(js_name)
+                .unwrap_or_else(|| "unnamed adapter".into());
+            st.adapter = format!("{name} ({:?}, {:?})", info.backend, info.device_type);
+            st.backend = format!("WebGPU: {}", st.adapter);
+            st.device = Some(device);
+        }
+        Err(e) => {
+            st.no_webgpu = e.clone();
+            st.backend = "CPU (burn flex backend; no WebGPU)".into();
+            st.device = Some(Device::flex());
+            st.log(format!(
+                "WebGPU unavailable ({e}): training on the CPU backend. Enable WebGPU: Chrome/Edge \
+                 113+ have it on (on Linux start with --enable-unsafe-webgpu or enable \
+                 chrome://flags/#enable-unsafe-webgpu); Firefox 141+ on Windows, Nightly elsewhere \
+                 (dom.webgpu.enabled); Safari 26+."
+            ));
+            set_banner(&format!(
+                "WebGPU is not available in this browser ({e}). wgtune trains on its much slower \
+                 CPU backend instead. To enable WebGPU: Chrome/Edge 113+ (on Linux: \
+                 chrome://flags/#enable-unsafe-webgpu, or start with --enable-unsafe-webgpu), \
+                 Firefox Nightly (dom.webgpu.enabled), Safari 26+."
+            ));
+        }
+    }
+    st.phase = "ready";
+    let line = serde_json::json!({"wgtune": "ready", "adapter": st.adapter, "backend": st.backend});
+    web_sys::console::log_1(&line.to_string().into());
+    st.repaint();
+}
+
+/// Show `text` in the page's banner (outside the canvas).
+fn set_banner(text: &str) {
+    if let Some(el) = web_sys::window()
+        .and_then(|w| w.document())
+        .and_then(|d| d.get_element_by_id("wgtune_banner"))
+    {
+        el.set_text_content(Some(text));
+        let _ = el.set_attribute("style", "display:block");
+    }
+}
+
+fn start_training() {
+    let s = shared();
+    {
+        let mut st = s.borrow_mut();
+        st.phase = "loading";
+        st.step = 0;
+        st.losses.clear();
+        st.step_ms.clear();
+        st.tokens.clear();
+        st.curves = Curves::new(0.6);
+        st.error = None;
+        st.adapter_files = None;
+        st.stop = false;
+    }
+    wasm_bindgen_futures::spawn_local(async move {
+        if let Err(e) = train().await {
+            let s = shared();
+            let mut st = s.borrow_mut();
+            st.fail(format!("{e:#}"));
+            st.repaint();
+        }
+    });
+}
+
+async fn train() -> anyhow::Result<()> {
+    let s = shared();
+    let (run, model, data, device) = {
+        let mut st = s.borrow_mut();
+        let model = st
+            .model
+            .clone()
+            .ok_or_else(|| anyhow::anyhow!("no model loaded"))?;
+        let data = st
+            .data
+            .clone()
+            .ok_or_else(|| anyhow::anyhow!("no data loaded"))?;
+        let device = st
+            .device
+            .clone()
+            .ok_or_else(|| anyhow::anyhow!("no device yet"))?;
+        st.run.model = Some(model.name());
+        st.run.data = Some(data.0.clone());
+        (st.run.clone(), model, data, device)
+    };
+    yield_to_browser().await;
+    let device = device.autodiff();
+    let quantize = run.base_quantization();
+    let lm = match &*model {
+        ModelChoice::Folder(f) => {
+            load_model(ModelSource::HfFolder(&**f), &device, quantize.as_deref())?
+        }
+        ModelChoice::Gguf { name, bytes } => load_model(
+            ModelSource::Gguf {
+                bytes: bytes.clone(),
+                name: name.clone(),
+            },
+            &device,
+            quantize.as_deref(),
+        )?,
+    };
+    let (mut session, log) = Session::new(&run, lm, &data.1, &data.0)?;
+    {
+        let mut st = s.borrow_mut();
+        for l in log {
+            st.log(l);
+        }
+        st.total = session.schedule.total;
+        st.phase = "training";
+        st.repaint();
+    }
+    if let Some(el) = session.eval_before().await? {
+        let mut st = s.borrow_mut();
+        st.curves
+            .push(&serde_json::json!({"step": 0, "eval_loss": el}));
+        st.log(format!("eval loss before training: {el:.4}"));
+    }
+    while !session.done() {
+        if s.borrow().stop {
+            s.borrow_mut().log("stopped".into());
+            break;
+        }
+        let t0 = now_ms();
+        let (m, eval) = session.step().await?;
+        let ms = now_ms() - t0;
+        let mut line = serde_json::json!({
+            "step": m.step, "loss": m.loss, "lr": m.lr, "grad_norm": m.grad_norm,
+            "tokens_per_s": m.tokens as f64 / (ms / 1000.0).max(1e-9), "step_ms": ms,
+        });
+        if let Some(el) = eval {
+            line["eval_loss"] = el.into();
+        }
+        web_sys::console::log_1(&format!("wgtune step {line}").into());
+        {
+            let mut st = s.borrow_mut();
+            st.step = m.step;
+            st.losses.push(m.loss);
+            st.step_ms.push(ms);
+            st.tokens.push(m.tokens);
+            st.curves.push(&line);
+            st.repaint();
+        }
+        yield_to_browser().await;
+    }
+    let files = session.adapter_files(&model.name()).await?;
+    let mut st = s.borrow_mut();
+    st.adapter_files = Some(files);
+    st.phase = "done";
+    let summary = st.status();
+    let line = format!(
+        "done: {} steps, final loss {:.4}; download the adapter on the left",
+        st.step,
+        st.losses.last().copied().unwrap_or(f64::NAN)
+    );
+    st.log(line);
+    web_sys::console::log_1(&format!("wgtune done {summary}").into());
+    st.repaint();
+    Ok(())
+}
+
+/// Open the browser's file picker; `on_files` gets the picked files once chosen.
+fn pick_files(accept: &str, multiple: bool, on_files: impl FnOnce(Vec<web_sys::File>) + 'static) {
+    let go = || -> Result<(), JsValue> {
+        let doc = web_sys::window()
+            .and_then(|w| w.document())
+            .ok_or("no document")?;
+        let input: web_sys::HtmlInputElement = doc.create_element("input")?.dyn_into()?;
+        input.set_type("file");
+        input.set_accept(accept);
+        input.set_multiple(multiple);
+        let inp = input.clone();
+        let mut on_files = Some(on_files);
+        let cb = Closure::<dyn FnMut()>::new(move || {
+            let mut files = Vec::new();
+            if let Some(list) = inp.files() {
+                for i in 0..list.length() {
+                    if let Some(f) = list.get(i) {
+                        files.push(f);
+                    }
+                }
+            }
+            if let Some(f) = on_files.take() {
+                f(files);
+            }
+        });
+        input.set_onchange(Some(cb.as_ref().unchecked_ref()));
+        cb.forget();
+        input.click();
+        Ok(())
+    };
+    if let Err(e) = go() {
+        web_sys::console::error_2(&"file picker failed:".into(), &e);
+    }
+}
+
+/// A picked file's bytes (one copy, into wasm memory).
+async fn read_file(f: &web_sys::File) -> Result<Vec<u8>, String> {
+    let buf = JsFuture::from(f.array_buffer())
+        .await
+        .map_err(|e| format!("{}: cannot read: {e:?}", f.name()))?;
+    Ok(js_sys::Uint8Array::new(&buf).to_vec())
+}
+
+fn picked_model(files: Vec<web_sys::File>) {
+    wasm_bindgen_futures::spawn_local(async move {
+        let s = shared();
+        let result: Result<ModelChoice, String> = async {
+            if let Some(g) = files.iter().find(|f| f.name().ends_with(".gguf")) {
+                let bytes = read_file(g).await?;
+                return Ok(ModelChoice::Gguf {
+                    name: g.name(),
+                    bytes: Arc::new(bytes),
+                });
+            }
+            if !files.iter().any(|f| f.name() == "config.json") {
+                return Err(
+                    "pick one .gguf file, or an HF model's files (config.json, *.safetensors, \
+                     tokenizer.json, …) together"
+                        .into(),
+                );
+            }
+            let mut map = HashMap::new();
+            for f in &files {
+                map.insert(f.name(), Arc::new(read_file(f).await?) as Blob);
+            }
+            Ok(ModelChoice::Folder(Rc::new(MemFolder {
+                name: "picked".into(),
+                files: map,
+            })))
+        }
+        .await;
+        let mut st = s.borrow_mut();
+        match result {
+            Ok(m) => {
+                st.log(format!("model: {} ({} files)", m.name(), files.len()));
+                st.model = Some(Rc::new(m));
+            }
+            Err(e) => st.log(format!("error: {e}")),
+        }
+        st.repaint();
+    });
+}
+
+fn picked_data(files: Vec<web_sys::File>) {
+    wasm_bindgen_futures::spawn_local(async move {
+        let Some(f) = files.first() else { return };
+        let s = shared();
+        let result = read_file(f).await.and_then(|b| {
+            String::from_utf8(b).map_err(|_| format!("{}: not UTF-8 text", f.name()))
+        });
+        let mut st = s.borrow_mut();
+        match result {
+            Ok(text) => {
+                st.log(format!(
+                    "data: {} ({} lines)",
+                    f.name(),
+                    text.lines().count()
+                ));
+                st.data = Some((f.name(), Rc::new(text)));
+            }
+            Err(e) => st.log(format!("error: {e}")),
+        }
+        st.repaint();
+    });
+}
+
+struct WebApp;
+
+fn plot_line(name: &str, s: &Series) -> Line<'static> {
+    Line::new(name.to_string(), s.clone())
+}
+
+impl eframe::App for WebApp {
+    fn ui(&mut self, ui: &mut egui::Ui, _frame: &mut eframe::Frame) {
+        let s = shared();
+        let mut start = false;
+        egui::Panel::top("top").show(ui, |ui| {
+            ui.horizontal(|ui| {
+                ui.heading("wgtune");
+                ui.label("LoRA / OFTv2 finetuning in the browser");
+            });
+        });
+        egui::Panel::left("settings")
+            .default_size(330.0)
+            .show(ui, |ui| {
+                let mut st = s.borrow_mut();
+                let busy = matches!(st.phase, "loading" | "training" | "starting");
+                ui.label(RichText::new(st.backend.clone()).strong());
+                if !st.no_webgpu.is_empty() {
+                    ui.colored_label(
+                        Color32::from_rgb(230, 120, 60),
+                        "No WebGPU: see the note above the app for how to enable it.",
+                    );
+                }
+                ui.separator();
+                ui.heading("Model and data");
+                ui.label(format!(
+                    "model: {}",
+                    st.model.as_ref().map_or("none".into(), |m| m.name())
+                ));
+                ui.label(format!(
+                    "data: {}",
+                    st.data.as_ref().map_or("none", |d| d.0.as_str())
+                ));
+                ui.add_enabled_ui(!busy, |ui| {
+                    if ui.button("Load tiny demo model + data").clicked() {
+                        load_demo(&mut st);
+                    }
+                    ui.horizontal(|ui| {
+                        if ui
+                            .button("Open model…")
+                            .on_hover_text("one .gguf, or an HF folder's files (select them all)")
+                            .clicked()
+                        {
+                            pick_files(".gguf,.safetensors,.json,.jinja", true, picked_model);
+                        }
+                        if ui.button("Open data…").clicked() {
+                            pick_files(".jsonl,.json,.txt", false, picked_data);
+                        }
+                    });
+                });
+                ui.separator();
+                ui.heading("Method");
+                ui.add_enabled_ui(!busy, |ui| {
+                    let method = st.run.method.clone().unwrap_or_else(|| "lora".into());
+                    ui.horizontal(|ui| {
+                        if ui.radio(method == "lora", "LoRA").clicked() {
+                            st.run.method = Some("lora".into());
+                        }
+                        if ui.radio(method == "oft", "OFTv2").clicked() {
+                            st.run.method = Some("oft".into());
+                        }
+                    });
+                    if method == "oft" {
+                        let mut b = st.run.oft_block_size.unwrap_or(32);
+                        ui.horizontal(|ui| {
+                            ui.label("block size");
+                            ui.add(egui::DragValue::new(&mut b).range(2..=1024));
+                        });
+                        st.run.oft_block_size = Some(b);
+                    } else {
+                        let mut r = st.run.r.unwrap_or(8);
+                        ui.horizontal(|ui| {
+                            ui.label("rank r");
+                            ui.add(egui::DragValue::new(&mut r).range(1..=1024));
+                        });
+                        st.run.r = Some(r);
+                    }
+                    let mut steps = st.run.steps.unwrap_or(20);
+                    ui.horizontal(|ui| {
+                        ui.label("steps");
+                        ui.add(egui::DragValue::new(&mut steps).range(1..=100_000));
+                    });
+                    st.run.steps = Some(steps);
+                    let mut lr = st.run.lr.unwrap_or(1e-4);
+                    ui.horizontal(|ui| {
+                        ui.label("learning rate");
+                        ui.add(egui::DragValue::new(&mut lr).speed(1e-4).range(0.0..=1.0));
+                    });
+                    st.run.lr = Some(lr);
+                    match st.run.adapter() {
+                        Ok(a) => match a.method {
+                            Method::Lora(_) => {
+                                ui.label("LoRA adapters on the attention and MLP projections")
+                            }
+                            Method::Oft(_) => ui.label(
+                                "OFTv2: orthogonal (Cayley) rotations of each projection's input",
+                            ),
+                        },
+                        Err(e) => ui.colored_label(Color32::RED, e),
+                    };
+                });
+                ui.separator();
+                ui.horizontal(|ui| {
+                    let can_start =
+                        !busy && st.device.is_some() && st.model.is_some() && st.data.is_some();
+                    if ui
+                        .add_enabled(can_start, egui::Button::new("▶ Train"))
+                        .clicked()
+                    {
+                        start = true;
+                    }
+                    if ui.add_enabled(busy, egui::Button::new("■ Stop")).clicked() {
+                        st.stop = true;
+                    }
+                });
+                ui.horizontal(|ui| {
+                    if ui
+                        .add_enabled(
+                            st.adapter_files.is_some(),
+                            egui::Button::new("Download adapter"),
+                        )
+                        .on_hover_text(
+                            "adapter_config.json + adapter_model.safetensors (peft format)",
+                        )
+                        .clicked()
+                    {
+                        let (json, bytes) = st.adapter_files.clone().unwrap_or_default();
+                        download("adapter_config.json", json.as_bytes(), "application/json");
+                        download(
+                            "adapter_model.safetensors",
+                            &bytes,
+                            "application/octet-stream",
+                        );
+                    }
+                    if ui.button("Download run file").clicked() {
+                        download("run.toml", st.run.to_toml().as_bytes(), "application/toml");
+                    }
+                });
+            });
+        egui::CentralPanel::default().show(ui, |ui| {
+            let st = s.borrow();
+            let mean = st.status()["mean_step_ms"].as_f64().unwrap_or(0.0);
+            ui.label(format!(
+                "{}: step {}/{}{}{}",
+                st.phase,
+                st.step,
+                st.total,
+                st.losses
+                    .last()
+                    .map_or(String::new(), |l| format!(", loss {l:.4}")),
+                if mean > 0.0 {
+                    format!(", {mean:.0} ms/step")
+                } else {
+                    String::new()
+                }
+            ));
+            if let Some(e) = &st.error {
+                ui.colored_label(Color32::RED, e);
+            }
+            let c = &st.curves;
+            let h = (ui.available_height() - 140.0).max(160.0);
+            Plot::new("loss")
+                .height(h)
+                .legend(Legend::default())
+                .x_axis_label("step")
+                .y_axis_label("loss")
+                .show(ui, |p| {
+                    p.line(plot_line("train", &c.loss).color(Color32::from_gray(140)));
+                    p.line(
+                        plot_line("smoothed", &c.smooth)
+                            .color(Color32::from_rgb(80, 160, 255))
+                            .width(2.0),
+                    );
+                    p.line(
+                        plot_line("eval", &c.eval)
+                            .color(Color32::from_rgb(255, 150, 60))
+                            .width(2.0),
+                    );
+                });
+            egui::ScrollArea::vertical()
+                .stick_to_bottom(true)
+                .show(ui, |ui| {
+                    for l in &st.log {
+                        ui.label(RichText::new(l).monospace().small());
+                    }
+                });
+        });
+        if start {
+            start_training();
+        }
+    }
+}
+
+/// Entry point: called by the JS glue once the module is instantiated.
+#[wasm_bindgen(start)]
+pub fn start() {
+    let canvas = web_sys::window()
+        .and_then(|w| w.document())
+        .and_then(|d| d.get_element_by_id("wgtune_canvas"))
+        .and_then(|e| e.dyn_into::<web_sys::HtmlCanvasElement>().ok());
+    let Some(canvas) = canvas else {
+        web_sys::console::error_1(&"wgtune: no <canvas id=wgtune_canvas> on the page".into());
+        return;
+    };
+    wasm_bindgen_futures::spawn_local(async move {
+        let runner = eframe::WebRunner::new();
+        let started = runner
+            .start(
+                canvas,
+                eframe::WebOptions::default(),
+                Box::new(|cc| {
+                    shared().borrow_mut().ctx = Some(cc.egui_ctx.clone());
+                    Ok(Box::new(WebApp))
+                }),
+            )
+            .await;
+        if let Err(e) = started {
+            let msg = format!("the app could not start its renderer: {e:?}");
+            set_banner(&msg);
+            shared().borrow_mut().fail(msg);
+        }
+        // Keep the runner alive for the page's lifetime.
+        std::mem::forget(runner);
+        init_device().await;
+    });
+}

@@ -1,0 +1,143 @@
+// Drives the browser bundle in Debian's headless Chromium (WebGPU on SwiftShader) and checks it
+// against the native CPU backend. Usage (web/test.sh runs it):
+//   node web/test.mjs URL OUT_DIR STEPS NATIVE_WGTUNE_BIN
+// For LoRA and OFTv2: train STEPS steps on the bundled demo, download the adapter and the run
+// file, and assert: a WebGPU adapter, STEPS steps, a falling loss, peft-format safetensors with
+// the right keys, and the same losses as `wgtune train --no-gui --config run.toml --backend cpu`
+// within 1e-3. Writes OUT_DIR/report.json with the step times.
+import { chromium } from "playwright-core";
+import { execFileSync } from "node:child_process";
+import fs from "node:fs";
+import path from "node:path";
+
+const [url, outDir, stepsArg, nativeBin] = process.argv.slice(2);
+const steps = Number(stepsArg || 10);
+const TOL = 1e-3;
+fs.mkdirSync(outDir, { recursive: true });
+const consoleLog = fs.createWriteStream(path.join(outDir, "console.log"));
+
+function check(cond, msg) {
+  if (!cond) {
+    console.error(`FAIL: ${msg}`);
+    process.exitCode = 1;
+    throw new Error(msg);
+  }
+  console.log(`ok: ${msg}`);
+}
+
+function safetensorsKeys(file) {
+  const buf = fs.readFileSync(file);
+  const n = Number(buf.readBigUInt64LE(0));
+  const header = JSON.parse(buf.subarray(8, 8 + n).toString("utf8"));
+  for (const [k, v] of Object.entries(header)) {
+    if (k === "__metadata__") continue;
+    const [a, b] = v.data_offsets;
+    if (!(b <= buf.length - 8 - n && a <= b)) throw new Error(`${file}: ${k}: bad offsets`);
+  }
+  return Object.keys(header).filter((k) => k !== "__metadata__");
+}
+
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM || "/usr/lib/chromium/chromium",
+  headless: true,
+  args: [
+    "--enable-unsafe-webgpu",
+    "--no-sandbox",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+  ],
+});
+const report = { url, steps, methods: {} };
+try {
+  const context = await browser.newContext({ acceptDownloads: true });
+  const page = await context.newPage();
+  page.on("console", (m) => consoleLog.write(`[${m.type()}] ${m.text()}\n`));
+  page.on("pageerror", (e) => consoleLog.write(`[pageerror] ${e}\n`));
+  const t0 = Date.now();
+  await page.goto(url);
+  await page.waitForFunction(
+    () => window.wgtune_status && ["ready", "error"].includes(window.wgtune_status().phase),
+    null,
+    { timeout: 300_000, polling: 250 },
+  );
+  report.startup_s = (Date.now() - t0) / 1000;
+  let st = await page.evaluate(() => window.wgtune_status());
+  console.log(`page ready in ${report.startup_s}s: ${st.backend}`);
+  check(st.webgpu === true && st.adapter.length > 0, `WebGPU adapter obtained (${st.adapter})`);
+  report.adapter = st.adapter;
+
+  for (const method of ["lora", "oft"]) {
+    const dir = path.join(outDir, method);
+    fs.mkdirSync(dir, { recursive: true });
+    const started = await page.evaluate(
+      ([m, n]) => window.wgtune.wgtune_train(m, n),
+      [method, steps],
+    );
+    check(started, `${method}: training started`);
+    await page.waitForFunction(
+      () => ["done", "error"].includes(window.wgtune_status().phase),
+      null,
+      { timeout: 600_000, polling: 250 },
+    );
+    st = await page.evaluate(() => window.wgtune_status());
+    fs.writeFileSync(path.join(dir, "status.json"), JSON.stringify(st, null, 1));
+    check(st.phase === "done", `${method}: finished (${st.error ?? "no error"})`);
+    check(st.step === steps && st.losses.length === steps, `${method}: ${steps} steps advanced`);
+    const [first, last] = [st.losses[0], st.losses[st.losses.length - 1]];
+    check(last < first, `${method}: loss decreased (${first.toFixed(4)} -> ${last.toFixed(4)})`);
+
+    // The page's downloads: adapter (two peft files) and the run file.
+    const want = { adapter: ["adapter_config.json", "adapter_model.safetensors"], run: ["run.toml"] };
+    for (const [what, names] of Object.entries(want)) {
+      const got = [];
+      const onDownload = (d) => got.push(d);
+      page.on("download", onDownload);
+      check(await page.evaluate((w) => window.wgtune.wgtune_download(w), what), `${method}: download ${what}`);
+      const deadline = Date.now() + 30_000;
+      while (got.length < names.length && Date.now() < deadline) await page.waitForTimeout(100);
+      page.off("download", onDownload);
+      for (const d of got) await d.saveAs(path.join(dir, d.suggestedFilename()));
+      check(
+        names.every((n) => fs.existsSync(path.join(dir, n))),
+        `${method}: downloaded ${names.join(", ")}`,
+      );
+    }
+    const cfg = JSON.parse(fs.readFileSync(path.join(dir, "adapter_config.json"), "utf8"));
+    const peftType = method === "lora" ? "LORA" : "OFT";
+    check(cfg.peft_type === peftType, `${method}: adapter_config.json peft_type ${cfg.peft_type}`);
+    const keys = safetensorsKeys(path.join(dir, "adapter_model.safetensors"));
+    const suffix = method === "lora" ? /\.(lora_A|lora_B)\.weight$/ : /\.oft_R\.weight$/;
+    const keyRe = /^base_model\.model\.model\.layers\.\d+\.(self_attn|mlp)\.[a-z_]+_proj\./;
+    check(
+      keys.length > 0 && keys.every((k) => keyRe.test(k) && suffix.test(k)),
+      `${method}: ${keys.length} peft tensors (${keys[0]} …)`,
+    );
+
+    // The same run file on the native CPU backend.
+    const nativeOut = path.join(dir, "native-cpu");
+    execFileSync(nativeBin, [
+      "train", "--no-gui", "--config", path.join(dir, "run.toml"),
+      "--backend", "cpu", "--out", nativeOut,
+    ], { stdio: ["ignore", "ignore", "inherit"] });
+    const native = fs.readFileSync(path.join(nativeOut, "metrics.jsonl"), "utf8")
+      .trim().split("\n").map((l) => JSON.parse(l)).filter((v) => v.loss !== undefined);
+    check(native.length === steps, `${method}: native run has ${native.length} steps`);
+    const diffs = native.map((v, i) => Math.abs(v.loss - st.losses[i]));
+    const maxDiff = Math.max(...diffs);
+    check(maxDiff <= TOL, `${method}: browser losses equal native cpu within ${TOL} (max diff ${maxDiff.toExponential(2)})`);
+    report.methods[method] = {
+      losses: st.losses,
+      native_cpu_losses: native.map((v) => v.loss),
+      max_abs_diff: maxDiff,
+      browser_step_ms: st.step_ms,
+      browser_mean_step_ms: st.mean_step_ms,
+    };
+  }
+} finally {
+  fs.writeFileSync(path.join(outDir, "report.json"), JSON.stringify(report, null, 1));
+  await browser.close();
+  consoleLog.end();
+}
