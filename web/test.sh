@@ -6,6 +6,7 @@
 # natively on wgpu (lavapipe on machines without a GPU) for the browser-vs-native note.
 #
 # Environment: STEPS (default 10), PORT (default 8090), REBUILD=1 to rebuild the bundle,
+# BACKEND=cpu to train in the page on burn's CPU backend instead of WebGPU,
 # WGTUNE_BIN (native wgtune; default: cargo build), OUT (default target/web-test).
 set -euo pipefail
 cd "$(dirname "$0")/.."
