@@ -44,20 +44,24 @@ wasm=$target_dir/wasm32-unknown-unknown/web/wgtune.wasm
 
 rm -rf "$dist"
 mkdir -p "$dist"
-wasm-bindgen --target web --no-typescript --out-dir "$dist" --out-name wgtune "$wasm"
-raw=$(stat -c %s "$dist/wgtune_bg.wasm")
+raw=$(stat -c %s "$wasm")
+# wasm-opt runs before wasm-bindgen: Debian's binaryen (108) breaks the externref table that
+# wasm-bindgen adds ("WebAssembly.Table.set(): Argument 1 is invalid for table").
+input=$wasm
 if [ "${WASM_OPT:-1}" != 0 ] && command -v wasm-opt >/dev/null; then
     start=$(date +%s)
+    opt=$target_dir/wgtune.opt.wasm
     if wasm-opt -Oz --enable-bulk-memory --enable-nontrapping-float-to-int --enable-sign-ext \
         --enable-mutable-globals --enable-reference-types --enable-multivalue \
-        -o "$dist/wgtune_bg.opt.wasm" "$dist/wgtune_bg.wasm"; then
-        mv "$dist/wgtune_bg.opt.wasm" "$dist/wgtune_bg.wasm"
+        -o "$opt" "$wasm"; then
+        input=$opt
         echo "build.sh: wasm-opt took $(($(date +%s) - start)) s"
     else
-        rm -f "$dist/wgtune_bg.opt.wasm"
-        echo "build.sh: wasm-opt failed; keeping the unoptimised .wasm"
+        echo "build.sh: wasm-opt failed; using the unoptimised .wasm"
     fi
 fi
+wasm-bindgen --target web --no-typescript --remove-name-section --remove-producers-section \
+    --out-dir "$dist" --out-name wgtune "$input"
 cp web/index.html "$dist/"
 size=$(stat -c %s "$dist/wgtune_bg.wasm")
-echo "build.sh: $dist/wgtune_bg.wasm: $((size / 1048576)) MiB ($size bytes; $raw before wasm-opt)"
+echo "build.sh: $dist/wgtune_bg.wasm: $((size / 1048576)) MiB ($size bytes; cargo's .wasm: $raw bytes)"

@@ -12,6 +12,8 @@ import path from "node:path";
 
 const [url, outDir, stepsArg, nativeBin] = process.argv.slice(2);
 const steps = Number(stepsArg || 10);
+// BACKEND=cpu trains on the page's CPU backend (burn flex in wasm) instead of WebGPU.
+const backend = process.env.BACKEND || "webgpu";
 const TOL = 1e-3;
 fs.mkdirSync(outDir, { recursive: true });
 const consoleLog = fs.createWriteStream(path.join(outDir, "console.log"));
@@ -50,7 +52,7 @@ const browser = await chromium.launch({
     "--disable-sync",
   ],
 });
-const report = { url, steps, methods: {} };
+const report = { url, steps, backend, methods: {} };
 try {
   const context = await browser.newContext({ acceptDownloads: true });
   const page = await context.newPage();
@@ -73,10 +75,10 @@ try {
     const dir = path.join(outDir, method);
     fs.mkdirSync(dir, { recursive: true });
     const started = await page.evaluate(
-      ([m, n]) => window.wgtune.wgtune_train(m, n),
-      [method, steps],
+      ([m, n, b]) => window.wgtune.wgtune_train(m, n, b),
+      [method, steps, backend],
     );
-    check(started, `${method}: training started`);
+    check(started, `${method}: training started on ${backend}`);
     await page.waitForFunction(
       () => ["done", "error"].includes(window.wgtune_status().phase),
       null,

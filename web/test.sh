@@ -6,6 +6,7 @@
 # natively on wgpu (lavapipe on machines without a GPU) for the browser-vs-native note.
 #
 # Environment: STEPS (default 10), PORT (default 8090), REBUILD=1 to rebuild the bundle,
+# BACKEND=cpu to train in the page on burn's CPU backend instead of WebGPU,
 # WGTUNE_BIN (native wgtune; default: cargo build), OUT (default target/web-test).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -63,7 +64,8 @@ except (OSError, KeyError, ZeroDivisionError):
 import os
 size = os.path.getsize("web/dist/wgtune_bg.wasm")
 print(f"bundle: web/dist/wgtune_bg.wasm {size / 2**20:.1f} MiB")
-print(f"browser (WebGPU: {rep['adapter']}): LoRA {lora['browser_mean_step_ms']:.0f} ms/step, "
+where = "CPU backend in the page" if rep["backend"] == "cpu" else f"WebGPU: {rep['adapter']}"
+print(f"browser ({where}): LoRA {lora['browser_mean_step_ms']:.0f} ms/step, "
       f"OFTv2 {rep['methods']['oft']['browser_mean_step_ms']:.0f} ms/step (first step left out)")
 if native is not None:
     print(f"native wgpu, same run file: LoRA {native:.0f} ms/step (first step left out)")

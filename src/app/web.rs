@@ -191,10 +191,11 @@ pub fn wgtune_load_demo() {
     load_demo(&mut shared().borrow_mut());
 }
 
-/// Start training with `method` (`lora` or `oft`) for `steps` steps on the loaded model and data
-/// (the demo when nothing is loaded), as the Start button does. Returns false when busy.
+/// Start training with `method` (`lora` or `oft`) for `steps` steps on `backend` (`webgpu`, or
+/// `cpu` for burn's CPU backend) with the loaded model and data (the demo when nothing is loaded),
+/// as the Train button does. Returns false when busy.
 #[wasm_bindgen]
-pub fn wgtune_train(method: &str, steps: usize) -> bool {
+pub fn wgtune_train(method: &str, steps: usize, backend: &str) -> bool {
     let s = shared();
     let mut st = s.borrow_mut();
     if matches!(st.phase, "training" | "loading" | "starting") {
@@ -205,6 +206,7 @@ pub fn wgtune_train(method: &str, steps: usize) -> bool {
     }
     st.run.method = Some(method.into());
     st.run.steps = Some(steps);
+    st.run.backend = (backend == "cpu").then(|| "cpu".into());
     drop(st);
     start_training();
     true
@@ -440,7 +442,13 @@ async fn train() -> anyhow::Result<()> {
         (st.run.clone(), model, data, device)
     };
     yield_to_browser().await;
-    let device = device.autodiff();
+    // `backend = "cpu"` in the run (the page's backend choice) trains on burn's CPU backend even
+    // where WebGPU is available.
+    let device = match run.backend.as_deref() {
+        Some("cpu") => Device::flex(),
+        _ => device,
+    }
+    .autodiff();
     let quantize = run.base_quantization();
     let lm = match &*model {
         ModelChoice::Folder(f) => {
@@ -702,6 +710,9 @@ impl eframe::App for WebApp {
                         });
                         st.run.r = Some(r);
                     }
+                    let mut cpu = st.run.backend.as_deref() == Some("cpu");
+                    ui.checkbox(&mut cpu, "train on the CPU backend (not WebGPU)");
+                    st.run.backend = cpu.then(|| "cpu".into());
                     let mut steps = st.run.steps.unwrap_or(20);
                     ui.horizontal(|ui| {
                         ui.label("steps");
@@ -818,6 +829,21 @@ impl eframe::App for WebApp {
     }
 }
 
+/// The UI renders through wgpu's WebGL2 backend, leaving the page's WebGPU to training (one
+/// WebGPU user per page; a WebGPU canvas also broke adapter requests in headless Chromium).
+fn web_options() -> eframe::WebOptions {
+    use eframe::egui_wgpu::{WgpuConfiguration, WgpuSetup, WgpuSetupCreateNew};
+    let mut create = WgpuSetupCreateNew::without_display_handle();
+    create.instance_descriptor.backends = eframe::wgpu::Backends::GL;
+    eframe::WebOptions {
+        wgpu_options: WgpuConfiguration {
+            wgpu_setup: WgpuSetup::CreateNew(create),
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
 /// Entry point: called by the JS glue once the module is instantiated.
 #[wasm_bindgen(start)]
 pub fn start() {
@@ -830,11 +856,14 @@ pub fn start() {
         return;
     };
     wasm_bindgen_futures::spawn_local(async move {
+        // Training device first: in headless Chromium a WebGPU canvas makes later adapter
+        // requests come back empty ("A valid external Instance reference no longer exists").
+        init_device().await;
         let runner = eframe::WebRunner::new();
         let started = runner
             .start(
                 canvas,
-                eframe::WebOptions::default(),
+                web_options(),
                 Box::new(|cc| {
                     shared().borrow_mut().ctx = Some(cc.egui_ctx.clone());
                     Ok(Box::new(WebApp))
@@ -848,6 +877,5 @@ pub fn start() {
         }
         // Keep the runner alive for the page's lifetime.
         std::mem::forget(runner);
-        init_device().await;
     });
 }
