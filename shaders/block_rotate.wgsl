@@ -33,6 +33,18 @@ const MT: u32 = {{ mt }}u;
 const TX: u32 = OC / MT;      // invocations along a tile row
 const WG: u32 = 256u;
 
+// `info`, loaded once per workgroup through workgroupUniformLoad. Values read from a read_write
+// storage buffer are non-uniform to WGSL's uniformity analysis (browsers' Tint enforces it, naga
+// does not), and the loops that use them hold barriers.
+var<workgroup> info_wg: array<u32, 5>;
+
+fn uniform_info(t: u32) -> array<u32, 5> {
+    if t < min(5u, arrayLength(&info)) {
+        info_wg[t] = info[t];
+    }
+    return workgroupUniformLoad(&info_wg);
+}
+
 var<workgroup> tile_a: array<f32, 1024>;  // [TK][OR]
 var<workgroup> tile_b: array<f32, 1024>;  // [TK][OC]
 var<private> acc: array<vec4<f32>, 4>;  // acc[i][j], i, j < MT ≤ 4
@@ -65,13 +77,13 @@ fn accumulate(tx: u32, ty: u32) {
 }
 
 // MODES 0 and 1: rows m0 .. m0 + OR, columns c0 .. c0 + OC of block k.
-fn rotate(wg: vec3<u32>, nwg: vec3<u32>, t: u32) {
-    let m = info[0];
-    let bs = info[1];
-    let width = info[2] * bs;
+fn rotate(wg: vec3<u32>, nwg: vec3<u32>, t: u32, info_u: array<u32, 5>) {
+    let m = info_u[0];
+    let bs = info_u[1];
+    let width = info_u[2] * bs;
     let k = wg.z;
     var kr = k;
-    if info[3] == 1u {
+    if info_u[3] == 1u {
         kr = 0u;
     }
     let c0 = wg.x * OC;
@@ -119,21 +131,21 @@ fn rotate(wg: vec3<u32>, nwg: vec3<u32>, t: u32) {
 }
 
 // MODE 2: the (i0.., j0..) tile of split wg.y's partial dR for rotation wg.z.
-fn weight_grad(wg: vec3<u32>, nwg: vec3<u32>, t: u32) {
-    let m = info[0];
-    let bs = info[1];
-    let nb = info[2];
+fn weight_grad(wg: vec3<u32>, nwg: vec3<u32>, t: u32, info_u: array<u32, 5>) {
+    let m = info_u[0];
+    let bs = info_u[1];
+    let nb = info_u[2];
     let width = nb * bs;
     var per = 1u;          // blocks per rotation
-    if info[3] == 1u {
+    if info_u[3] == 1u {
         per = nb;
     }
     let kr = wg.z;
     let tiles_j = (bs + OC - 1u) / OC;
     let i0 = (wg.x / tiles_j) * OC;
     let j0 = (wg.x % tiles_j) * OC;
-    let s0 = wg.y * info[4];
-    let s1 = min(s0 + info[4], m * per);
+    let s0 = wg.y * info_u[4];
+    let s1 = min(s0 + info_u[4], m * per);
     let tx = t % TX;
     let ty = t / TX;
     clear();
@@ -179,9 +191,10 @@ fn main(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) t: u32,
 ) {
+    let info_u = uniform_info(t);
     if MODE == 2u {
-        weight_grad(wg, nwg, t);
+        weight_grad(wg, nwg, t, info_u);
     } else {
-        rotate(wg, nwg, t);
+        rotate(wg, nwg, t, info_u);
     }
 }

@@ -24,6 +24,18 @@ const WG: u32 = 16u;                  // workgroup edge; each invocation owns 4 
 
 // Workgroup tiles as vec4 (8 KiB in all): a[m0 + i, r0 + kk] is component i % 4 of
 // tile_a[kk * 16 + i / 4]; b[r0 + kk, c0 + j] is component j % 4 of tile_b[kk * 16 + j / 4].
+// `info`, loaded once per workgroup through workgroupUniformLoad. Values read from a read_write
+// storage buffer are non-uniform to WGSL's uniformity analysis (browsers' Tint enforces it, naga
+// does not), and the loops that use them hold barriers.
+var<workgroup> info_wg: array<u32, 5>;
+
+fn uniform_info(t: u32) -> array<u32, 5> {
+    if t < min(5u, arrayLength(&info)) {
+        info_wg[t] = info[t];
+    }
+    return workgroupUniformLoad(&info_wg);
+}
+
 var<workgroup> tile_a: array<vec4<f32>, 256>;
 var<workgroup> tile_b: array<vec4<f32>, 256>;
 
@@ -33,9 +45,10 @@ fn main(
     @builtin(local_invocation_id) lid: vec3<u32>,
     @builtin(local_invocation_index) t: u32,
 ) {
-    let m = info[0];
-    let n = info[1];
-    let k = info[2];
+    let info_u = uniform_info(t);
+    let m = info_u[0];
+    let n = info_u[1];
+    let k = info_u[2];
     // Reduction length R and output width C: FORWARD reduces over K into N columns,
     // INPUT_GRAD reduces over N into K columns.
     var r_len = k;
