@@ -92,6 +92,25 @@ pub fn load_hf(dir: &Path, device: &Device) -> LoadedModel {
     load_model(ModelSource::HfFolder(&src), device, None).unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// jsonl of `{"input_ids": [...]}` records for the tiny fixture models: one row per length in
+/// `lens`, ids in 3..253 from a seeded LCG (the same text for the same arguments).
+pub fn token_id_rows(seed: u64, lens: impl IntoIterator<Item = usize>) -> String {
+    let mut x = seed;
+    let mut text = String::new();
+    for len in lens {
+        let ids: Vec<String> = (0..len)
+            .map(|_| {
+                x = x
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((x >> 33) % 250 + 3).to_string()
+            })
+            .collect();
+        text.push_str(&format!("{{\"input_ids\": [{}]}}\n", ids.join(",")));
+    }
+    text
+}
+
 /// Largest absolute difference; panics on length mismatch.
 pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len(), "length mismatch");

@@ -8,6 +8,7 @@ use crate::common::*;
 use burn::tensor::{Tensor, TensorData};
 use serde_json::json;
 use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
 use wgtune::adapters::mask::{ElementMasks, S1_ONLY, SHARED};
 use wgtune::adapters::named_parameters;
 use wgtune::app::files::DirSource;
@@ -388,15 +389,21 @@ fn head_records(name: &str, n: usize) -> String {
     recs.iter().take(n).map(|r| format!("{r}\n")).collect()
 }
 
+/// System 1 and System 2 files in `dir`: the first 6 alpaca demo and ASDiv records.
+fn two_system_files(dir: &Path) -> (PathBuf, PathBuf) {
+    let s1 = dir.join("s1.jsonl");
+    let s2 = dir.join("s2.jsonl");
+    std::fs::write(&s1, head_records("alpaca_en_demo.json", 6)).unwrap();
+    std::fs::write(&s2, head_records("asdiv_test.jsonl", 6)).unwrap();
+    (s1, s2)
+}
+
 /// `wgtune train --method lora-par` end to end on SmolLM2 with tiny counts (CPU backend):
 /// the split, masks, report, metrics and a peft adapter that loads back.
 #[test]
 fn cli_lora_par_smollm2_end_to_end() {
     let tmp = tempfile::tempdir().unwrap();
-    let s1 = tmp.path().join("s1.jsonl");
-    let s2 = tmp.path().join("s2.jsonl");
-    std::fs::write(&s1, head_records("alpaca_en_demo.json", 6)).unwrap();
-    std::fs::write(&s2, head_records("asdiv_test.jsonl", 6)).unwrap();
+    let (s1, s2) = two_system_files(tmp.path());
     let out = tmp.path().join("out");
     let gguf = asset("SmolLM2-135M-Instruct.Q4_1.gguf");
     let o = wgtune(&[
@@ -538,10 +545,7 @@ fn cli_lora_par_bad_label_names_the_line() {
 #[test]
 fn lora_par_stop_ends_early_and_writes_the_adapter() {
     let tmp = tempfile::tempdir().unwrap();
-    let s1 = tmp.path().join("s1.jsonl");
-    let s2 = tmp.path().join("s2.jsonl");
-    std::fs::write(&s1, head_records("alpaca_en_demo.json", 6)).unwrap();
-    std::fs::write(&s2, head_records("asdiv_test.jsonl", 6)).unwrap();
+    let (s1, s2) = two_system_files(tmp.path());
     let out = tmp.path().join("out");
     let toml = format!(
         "model = {:?}\ndata = {:?}\nrl_data = {:?}\nout = {:?}\nmethod = \"lora-par\"\nbackend = \"cpu\"\n\

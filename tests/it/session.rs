@@ -8,29 +8,12 @@ use wgtune::app::train::{TrainControl, run_training};
 use wgtune::train::run::RunConfig;
 use wgtune::train::session::Session;
 
-/// Twelve random rows of token ids for the tiny model.
-fn data_text() -> String {
-    let mut x = 777u64;
-    let mut text = String::new();
-    for i in 0..12 {
-        let ids: Vec<String> = (0..(6 + i % 5))
-            .map(|_| {
-                x = x
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                ((x >> 33) % 250 + 3).to_string()
-            })
-            .collect();
-        text.push_str(&format!("{{\"input_ids\": [{}]}}\n", ids.join(",")));
-    }
-    text
-}
-
 #[test]
 fn in_memory_session_matches_run_training() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data.jsonl");
-    std::fs::write(&data, data_text()).unwrap();
+    // Twelve random rows of token ids, 6 to 10 long.
+    std::fs::write(&data, token_id_rows(777, (0..12).map(|i| 6 + i % 5))).unwrap();
     let out = tmp.path().join("out");
     for method in ["lora", "oft"] {
         let run = RunConfig {

@@ -23,20 +23,7 @@ fn ok(out: &Output) {
 /// Sixteen random rows of token ids for the tiny model.
 fn data(dir: &Path) -> PathBuf {
     let path = dir.join("data.jsonl");
-    let mut x = 12345u64;
-    let mut text = String::new();
-    for _ in 0..16 {
-        let ids: Vec<String> = (0..10)
-            .map(|_| {
-                x = x
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                ((x >> 33) % 250 + 3).to_string()
-            })
-            .collect();
-        text.push_str(&format!("{{\"input_ids\": [{}]}}\n", ids.join(",")));
-    }
-    std::fs::write(&path, text).unwrap();
+    std::fs::write(&path, token_id_rows(12345, [10; 16])).unwrap();
     path
 }
 
