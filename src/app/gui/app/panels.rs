@@ -2,7 +2,7 @@
 //! settings) and training. Each edits the app's [`RunConfig`] in place; validation lives in
 //! [`super::super::state`] so it is unit-tested without a window.
 
-use super::widgets::{choice, flag, histogram, num, opt_text, recent_menu};
+use super::widgets::{PathAction, choice, flag, histogram, num, opt_text, path_row};
 use super::{ERR, Pick, WgtuneApp};
 use crate::adapters::TARGET_MODULES;
 use crate::app::gui::browse::Want;
@@ -16,38 +16,30 @@ use egui_plot::{BarChart, Plot, VLine};
 impl WgtuneApp {
     /// Draws the model panel.
     pub(super) fn model_panel(&mut self, ui: &mut egui::Ui, ctx: &egui::Context) {
-        ui.horizontal(|ui| {
-            let r = opt_text(ui, &mut self.run.model, 220.0).on_hover_text(
-                "HF model folder (config.json, *.safetensors, tokenizer.json) or a .gguf file",
-            );
-            if ui.button("Load").clicked()
-                || (r.lost_focus() && ui.input(|i| i.key_pressed(egui::Key::Enter)))
-            {
-                self.load_model(ctx);
-            }
-            if ui
-                .button("Browse…")
-                .on_hover_text("Pick an HF model folder (📦) or a .gguf file")
-                .clicked()
-            {
-                self.browse(
-                    Pick::Model,
-                    "Open model",
-                    Want::Open {
-                        extensions: &["gguf"],
-                        folders: true,
-                    },
-                );
-            }
-            let mut picked = None;
-            recent_menu(ui, "recent", &self.settings.recent_models, |p| {
-                picked = Some(p)
-            });
-            if let Some(p) = picked {
-                self.run.model = Some(p);
-                self.load_model(ctx);
-            }
-        });
+        let action = ui
+            .horizontal(|ui| {
+                path_row(
+                    ui,
+                    &mut self.run.model,
+                    "HF model folder (config.json, *.safetensors, tokenizer.json) or a .gguf file",
+                    "Load",
+                    "Pick an HF model folder (📦) or a .gguf file",
+                    &self.settings.recent_models,
+                )
+            })
+            .inner;
+        match action {
+            PathAction::Apply => self.load_model(ctx),
+            PathAction::Browse => self.browse(
+                Pick::Model,
+                "Open model",
+                Want::Open {
+                    extensions: &["gguf"],
+                    folders: true,
+                },
+            ),
+            PathAction::None => {}
+        }
         if self.model_job.is_some() {
             ui.horizontal(|ui| {
                 ui.spinner();
@@ -119,36 +111,30 @@ impl WgtuneApp {
 
     /// Draws the data panel.
     pub(super) fn data_panel(&mut self, ui: &mut egui::Ui, ctx: &egui::Context) {
-        ui.horizontal(|ui| {
-            let r = opt_text(ui, &mut self.run.data, 220.0).on_hover_text(
-                "jsonl or JSON array: input_ids, text, prompt/completion, alpaca or messages records",
-            );
-            if ui.button("Preview").clicked()
-                || (r.lost_focus() && ui.input(|i| i.key_pressed(egui::Key::Enter)))
-            {
-                self.load_data(ctx);
-            }
-            if ui
-                .button("Browse…")
-                .on_hover_text("Pick a .jsonl or .json data file")
-                .clicked()
-            {
-                self.browse(
-                    Pick::Data,
-                    "Open data",
-                    Want::Open {
-                        extensions: &["jsonl", "json"],
-                        folders: false,
-                    },
-                );
-            }
-            let mut picked = None;
-            recent_menu(ui, "recent", &self.settings.recent_data, |p| picked = Some(p));
-            if let Some(p) = picked {
-                self.run.data = Some(p);
-                self.load_data(ctx);
-            }
-        });
+        let action = ui
+            .horizontal(|ui| {
+                path_row(
+                    ui,
+                    &mut self.run.data,
+                    "jsonl or JSON array: input_ids, text, prompt/completion, alpaca or messages records",
+                    "Preview",
+                    "Pick a .jsonl or .json data file",
+                    &self.settings.recent_data,
+                )
+            })
+            .inner;
+        match action {
+            PathAction::Apply => self.load_data(ctx),
+            PathAction::Browse => self.browse(
+                Pick::Data,
+                "Open data",
+                Want::Open {
+                    extensions: &["jsonl", "json"],
+                    folders: false,
+                },
+            ),
+            PathAction::None => {}
+        }
         let mut split = self.run.eval_split.unwrap_or(0.0);
         if ui
             .add(egui::Slider::new(&mut split, 0.0..=0.5).text("eval split"))

@@ -141,6 +141,43 @@ pub(super) fn choice(
     }
 }
 
+/// What the user did in a [`path_row`].
+pub(super) enum PathAction {
+    /// Nothing.
+    None,
+    /// Use the path now (the action button, Enter in the field, or a recent path picked).
+    Apply,
+    /// Open the file picker.
+    Browse,
+}
+
+/// A path field (`help` on hover) with its action button (`action`, also Enter), a Browse…
+/// button (`browse_help`) and a menu of `recent` paths; a recent pick fills the field.
+pub(super) fn path_row(
+    ui: &mut egui::Ui,
+    value: &mut Option<String>,
+    help: &str,
+    action: &str,
+    browse_help: &str,
+    recent: &[String],
+) -> PathAction {
+    let r = opt_text(ui, value, 220.0).on_hover_text(help);
+    let mut out = PathAction::None;
+    if ui.button(action).clicked()
+        || (r.lost_focus() && ui.input(|i| i.key_pressed(egui::Key::Enter)))
+    {
+        out = PathAction::Apply;
+    }
+    if ui.button("Browse…").on_hover_text(browse_help).clicked() {
+        out = PathAction::Browse;
+    }
+    recent_menu(ui, "recent", recent, |p| {
+        *value = Some(p);
+        out = PathAction::Apply;
+    });
+    out
+}
+
 /// A drop-down of recent paths.
 pub(super) fn recent_menu(
     ui: &mut egui::Ui,
