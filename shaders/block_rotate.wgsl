@@ -18,7 +18,8 @@
 //   MODE 2:     OR = OC = TC (an i × j tile of dR), TK = 1024 / TC, MT = TC / 16;
 //               grid (i tiles · j tiles, splits, rows).
 //
-// Template values: MODE, OR, OC, TK, MT (1, 2 or 4). info = [M, b, nb, shared (0/1), split length].
+// Template values: MODE, OR, OC, TK, MT (1, 2 or 4). info = [M, b, nb, shared (0/1), split length],
+// read through `uniform_info` (uniform_info.wgsl, appended).
 
 @group(0) @binding(0) var<storage, read_write> a: array<f32>;
 @group(0) @binding(1) var<storage, read_write> g: array<f32>;
@@ -32,18 +33,6 @@ const TK: u32 = {{ tk }}u;
 const MT: u32 = {{ mt }}u;
 const TX: u32 = OC / MT;      // invocations along a tile row
 const WG: u32 = 256u;
-
-// `info`, loaded once per workgroup through workgroupUniformLoad. Values read from a read_write
-// storage buffer are non-uniform to WGSL's uniformity analysis (browsers' Tint enforces it, naga
-// does not), and the loops that use them hold barriers.
-var<workgroup> info_wg: array<u32, 5>;
-
-fn uniform_info(t: u32) -> array<u32, 5> {
-    if t < min(5u, arrayLength(&info)) {
-        info_wg[t] = info[t];
-    }
-    return workgroupUniformLoad(&info_wg);
-}
 
 var<workgroup> tile_a: array<f32, 1024>;  // [TK][OR]
 var<workgroup> tile_b: array<f32, 1024>;  // [TK][OC]

@@ -8,7 +8,8 @@
 // using it. Blocks may straddle rows (bitsandbytes' flat blocks), and the last one may be
 // partial.
 //
-// Template values: INPUT_GRAD (bool), and those of qdecode.wgsl (the packed layout).
+// Template values: INPUT_GRAD (bool), and those of qdecode.wgsl (the packed layout). The loop
+// bounds come through `uniform_info` (uniform_info.wgsl, appended).
 // info = [M, N, K, scales offset, mins offset] in u32 words. Requires K % 16 == 0.
 
 @group(0) @binding(0) var<storage, read_write> a: array<f32>;
@@ -24,17 +25,6 @@ const WG: u32 = 16u;                  // workgroup edge; each invocation owns 4 
 
 // Workgroup tiles as vec4 (8 KiB in all): a[m0 + i, r0 + kk] is component i % 4 of
 // tile_a[kk * 16 + i / 4]; b[r0 + kk, c0 + j] is component j % 4 of tile_b[kk * 16 + j / 4].
-// `info`, loaded once per workgroup through workgroupUniformLoad. Values read from a read_write
-// storage buffer are non-uniform to WGSL's uniformity analysis (browsers' Tint enforces it, naga
-// does not), and the loops that use them hold barriers.
-var<workgroup> info_wg: array<u32, 5>;
-
-fn uniform_info(t: u32) -> array<u32, 5> {
-    if t < min(5u, arrayLength(&info)) {
-        info_wg[t] = info[t];
-    }
-    return workgroupUniformLoad(&info_wg);
-}
 
 var<workgroup> tile_a: array<vec4<f32>, 256>;
 var<workgroup> tile_b: array<vec4<f32>, 256>;

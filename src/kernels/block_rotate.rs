@@ -80,6 +80,7 @@ impl BlockRotateSource {
             Mode::WeightGrad => 2,
         };
         SourceTemplate::new(SOURCE)
+            .add_template(super::UNIFORM_INFO)
             .register("mode", format!("{mode}"))
             .register("rows", rows.to_string())
             .register("cols", cols.to_string())

@@ -76,6 +76,11 @@ pub const SHADERS: &[Shader] = &[
         variants: qmatmul::gemv_workgroup_variants,
     },
     Shader {
+        file: "uniform_info.wgsl",
+        source: UNIFORM_INFO,
+        variants: uniform_info_variants,
+    },
+    Shader {
         file: "block_rotate.wgsl",
         source: block_rotate::SOURCE,
         variants: block_rotate::variants,
@@ -86,6 +91,17 @@ pub const SHADERS: &[Shader] = &[
         variants: cayley::variants,
     },
 ];
+
+/// `shaders/uniform_info.wgsl`: `info` as a workgroup-uniform value, appended to the kernels
+/// whose barrier loops take their bounds from it.
+pub const UNIFORM_INFO: &str = include_str!("../../shaders/uniform_info.wgsl");
+
+/// Variants of `uniform_info.wgsl`: every kernel it is appended to.
+fn uniform_info_variants() -> Vec<(String, String)> {
+    let mut v = qmatmul::variants();
+    v.extend(block_rotate::variants());
+    v
+}
 
 /// An uninitialised contiguous f32 tensor of `shape` on `like`'s device.
 pub(crate) fn empty_f32(like: &CubeTensor, shape: Vec<usize>) -> CubeTensor {

@@ -388,7 +388,9 @@ pub fn kernel_template(layout: &QLayout, input_grad: bool, kernel: QKernel) -> S
     let t = match kernel {
         QKernel::Gemv => SourceTemplate::new(GEMV).add_template(GEMV_WORKGROUP),
         QKernel::GemvSubgroup => SourceTemplate::new(GEMV).add_template(GEMV_SUBGROUP),
-        QKernel::Tiled | QKernel::Auto => SourceTemplate::new(SOURCE),
+        QKernel::Tiled | QKernel::Auto => {
+            SourceTemplate::new(SOURCE).add_template(super::UNIFORM_INFO)
+        }
     };
     t.add_template(DECODE)
         .register("format", layout.format.id().to_string())
