@@ -4,13 +4,15 @@
 # rust-web-llvm, lld-22), binaryen (wasm-opt) and wasm-bindgen-cli 0.2.130 (the version the crate
 # pins). Release build with the `web` profile; std is rebuilt for wasm32 (-Zbuild-std).
 #
-# Environment: WASM_TARGET_DIR (cargo target dir, default target/wasm), JOBS (cargo -j),
-# WASM_OPT=0 to skip wasm-opt, NICE (nice level, default 0).
+# Environment: WASM_TARGET_DIR (cargo target dir, default $CARGO_TARGET_DIR/wasm, else target/wasm,
+# so a machine that keeps the native build cache keeps this one too), JOBS (cargo -j),
+# WASM_OPT=0 to skip wasm-opt, NICE (nice level, default 0), BUILD_DEADLINE (Unix time: stop
+# cargo then and exit 124, keeping what it compiled for the next try).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
 dist=$root/web/dist
-target_dir=${WASM_TARGET_DIR:-$root/target/wasm}
+target_dir=${WASM_TARGET_DIR:-${CARGO_TARGET_DIR:-$root/target}/wasm}
 sudo=""
 [ "$(id -u)" = 0 ] || sudo=sudo
 
@@ -34,9 +36,17 @@ fi
 
 echo "build.sh: cargo (target dir $target_dir)"
 start=$(date +%s)
+limit=()
+if [ -n "${BUILD_DEADLINE:-}" ]; then
+    left=$((BUILD_DEADLINE - start))
+    [ "$left" -gt 0 ] || { echo "build.sh: no time left before BUILD_DEADLINE"; exit 124; }
+    # SIGINT lets cargo finish writing what it has compiled; exit status 124 on timeout.
+    limit=(timeout --signal=INT --kill-after=60 "$left")
+    echo "build.sh: cargo gets at most $left s (BUILD_DEADLINE)"
+fi
 # RUSTFLAGS would override .cargo/config.toml, so it is left alone (getrandom's cfg lives there).
 RUSTC=/usr/bin/rustc RUSTDOC=/usr/bin/rustdoc RUSTC_BOOTSTRAP=1 CARGO_TARGET_DIR=$target_dir \
-    nice -n "${NICE:-0}" /usr/bin/cargo rustc --lib --locked --profile web \
+    "${limit[@]}" nice -n "${NICE:-0}" /usr/bin/cargo rustc --lib --locked --profile web \
     --target wasm32-unknown-unknown -Zbuild-std=std,panic_abort --crate-type cdylib \
     ${JOBS:+-j "$JOBS"}
 echo "build.sh: cargo took $(($(date +%s) - start)) s"

@@ -1,10 +1,11 @@
 // Drives the browser bundle in Debian's headless Chromium (WebGPU on SwiftShader) and checks it
 // against the native CPU backend. Usage (web/test.sh runs it):
 //   node web/test.mjs URL OUT_DIR STEPS NATIVE_WGTUNE_BIN
-// For LoRA and OFTv2: train STEPS steps on the bundled demo, download the adapter and the run
-// file, and assert: a WebGPU adapter, STEPS steps, a falling loss, peft-format safetensors with
-// the right keys, and the same losses as `wgtune train --no-gui --config run.toml --backend cpu`
-// within 1e-3. Writes OUT_DIR/report.json with the step times.
+// LoRA and OFTv2 on the bundled demo, then QLoRA on a model and data opened through the page's
+// file pickers: train STEPS steps, download the adapter and the run file, and assert: a WebGPU
+// adapter, STEPS steps, a falling loss, peft-format safetensors with the right keys, and the same
+// losses as `wgtune train --no-gui --config run.toml --backend cpu` within 1e-3. Writes
+// OUT_DIR/report.json with the step times.
 import { chromium } from "playwright-core";
 import { execFileSync } from "node:child_process";
 import fs from "node:fs";
@@ -71,14 +72,16 @@ try {
   check(st.webgpu === true && st.adapter.length > 0, `WebGPU adapter obtained (${st.adapter})`);
   report.adapter = st.adapter;
 
-  for (const method of ["lora", "oft"]) {
-    const dir = path.join(outDir, method);
+  // Train `method` on what the page has loaded, download, and compare with the native CPU
+  // backend on the downloaded run file (`nativeArgs` point it at the same model and data).
+  async function trainAndCheck(name, method, nativeArgs) {
+    const dir = path.join(outDir, name);
     fs.mkdirSync(dir, { recursive: true });
     const started = await page.evaluate(
       ([m, n, b]) => window.wgtune.wgtune_train(m, n, b),
       [method, steps, backend],
     );
-    check(started, `${method}: training started on ${backend}`);
+    check(started, `${name}: ${method} training started on ${backend}`);
     await page.waitForFunction(
       () => ["done", "error"].includes(window.wgtune_status().phase),
       null,
@@ -86,10 +89,10 @@ try {
     );
     st = await page.evaluate(() => window.wgtune_status());
     fs.writeFileSync(path.join(dir, "status.json"), JSON.stringify(st, null, 1));
-    check(st.phase === "done", `${method}: finished (${st.error ?? "no error"})`);
-    check(st.step === steps && st.losses.length === steps, `${method}: ${steps} steps advanced`);
+    check(st.phase === "done", `${name}: finished (${st.error ?? "no error"})`);
+    check(st.step === steps && st.losses.length === steps, `${name}: ${steps} steps advanced`);
     const [first, last] = [st.losses[0], st.losses[st.losses.length - 1]];
-    check(last < first, `${method}: loss decreased (${first.toFixed(4)} -> ${last.toFixed(4)})`);
+    check(last < first, `${name}: loss decreased (${first.toFixed(4)} -> ${last.toFixed(4)})`);
 
     // The page's downloads: adapter (two peft files) and the run file.
     const want = { adapter: ["adapter_config.json", "adapter_model.safetensors"], run: ["run.toml"] };
@@ -97,40 +100,42 @@ try {
       const got = [];
       const onDownload = (d) => got.push(d);
       page.on("download", onDownload);
-      check(await page.evaluate((w) => window.wgtune.wgtune_download(w), what), `${method}: download ${what}`);
+      check(await page.evaluate((w) => window.wgtune.wgtune_download(w), what), `${name}: download ${what}`);
       const deadline = Date.now() + 30_000;
       while (got.length < names.length && Date.now() < deadline) await page.waitForTimeout(100);
       page.off("download", onDownload);
       for (const d of got) await d.saveAs(path.join(dir, d.suggestedFilename()));
       check(
         names.every((n) => fs.existsSync(path.join(dir, n))),
-        `${method}: downloaded ${names.join(", ")}`,
+        `${name}: downloaded ${names.join(", ")}`,
       );
     }
     const cfg = JSON.parse(fs.readFileSync(path.join(dir, "adapter_config.json"), "utf8"));
-    const peftType = method === "lora" ? "LORA" : "OFT";
-    check(cfg.peft_type === peftType, `${method}: adapter_config.json peft_type ${cfg.peft_type}`);
+    const oft = method.endsWith("oft");
+    const peftType = oft ? "OFT" : "LORA";
+    check(cfg.peft_type === peftType, `${name}: adapter_config.json peft_type ${cfg.peft_type}`);
     const keys = safetensorsKeys(path.join(dir, "adapter_model.safetensors"));
-    const suffix = method === "lora" ? /\.(lora_A|lora_B)\.weight$/ : /\.oft_R\.weight$/;
+    const suffix = oft ? /\.oft_R\.weight$/ : /\.(lora_A|lora_B)\.weight$/;
     const keyRe = /^base_model\.model\.model\.layers\.\d+\.(self_attn|mlp)\.[a-z_]+_proj\./;
     check(
       keys.length > 0 && keys.every((k) => keyRe.test(k) && suffix.test(k)),
-      `${method}: ${keys.length} peft tensors (${keys[0]} …)`,
+      `${name}: ${keys.length} peft tensors (${keys[0]} …)`,
     );
 
     // The same run file on the native CPU backend.
     const nativeOut = path.join(dir, "native-cpu");
     execFileSync(nativeBin, [
       "train", "--no-gui", "--config", path.join(dir, "run.toml"),
-      "--backend", "cpu", "--out", nativeOut,
+      "--backend", "cpu", "--out", nativeOut, ...nativeArgs,
     ], { stdio: ["ignore", "ignore", "inherit"] });
     const native = fs.readFileSync(path.join(nativeOut, "metrics.jsonl"), "utf8")
       .trim().split("\n").map((l) => JSON.parse(l)).filter((v) => v.loss !== undefined);
-    check(native.length === steps, `${method}: native run has ${native.length} steps`);
+    check(native.length === steps, `${name}: native run has ${native.length} steps`);
     const diffs = native.map((v, i) => Math.abs(v.loss - st.losses[i]));
     const maxDiff = Math.max(...diffs);
-    check(maxDiff <= TOL, `${method}: browser losses equal native cpu within ${TOL} (max diff ${maxDiff.toExponential(2)})`);
-    report.methods[method] = {
+    check(maxDiff <= TOL, `${name}: browser losses equal native cpu within ${TOL} (max diff ${maxDiff.toExponential(2)})`);
+    report.methods[name] = {
+      method,
       losses: st.losses,
       native_cpu_losses: native.map((v) => v.loss),
       max_abs_diff: maxDiff,
@@ -138,6 +143,39 @@ try {
       browser_mean_step_ms: st.mean_step_ms,
     };
   }
+
+  // The bundled tiny demo (loaded by wgtune_train when nothing is loaded yet).
+  await trainAndCheck("lora", "lora", []);
+  await trainAndCheck("oft", "oft", []);
+
+  // The page's real file pickers: an HF folder's files (sharded safetensors + index, tied
+  // embeddings) and a JSONL file, then QLoRA (NF4 base on WebGPU). Browsers open a file picker
+  // only during a user gesture, hence the click on the page first.
+  const fixture = "tests/fixtures/tiny_tied_llama3";
+  const modelFiles = fs.readdirSync(fixture)
+    .filter((f) => f.startsWith("model") || f.endsWith("config.json"))
+    .map((f) => path.join(fixture, f));
+  for (const [what, files, expect] of [
+    ["model", modelFiles, (s) => s.model === "picked-model" && s.model_layers === 2],
+    ["data", [path.join(fixture, "data.jsonl")], (s) => s.data === "data.jsonl" && s.data_examples > 0],
+  ]) {
+    await page.mouse.click(640, 12);
+    const [chooser] = await Promise.all([
+      page.waitForEvent("filechooser", { timeout: 30_000 }),
+      page.evaluate((w) => window.wgtune.wgtune_pick(w), what),
+    ]);
+    await chooser.setFiles(files);
+    await page.waitForFunction(
+      (w) => { const s = window.wgtune_status(); return w === "model" ? s.model === "picked-model" : s.data === "data.jsonl"; },
+      what,
+      { timeout: 60_000, polling: 100 },
+    );
+    st = await page.evaluate(() => window.wgtune_status());
+    check(expect(st), `picked ${what}: ${files.length} file(s) read (${what === "model" ? `${st.model}, ${st.model_format}, ${st.model_layers} layers` : `${st.data}, ${st.data_examples} examples`})`);
+  }
+  await trainAndCheck("picked-qlora", "qlora", ["--model", fixture, "--data", path.join(fixture, "data.jsonl")]);
+  // The page as it looks after the runs (the shared settings panels and curves).
+  await page.screenshot({ path: path.join(outDir, "page.png") });
 } finally {
   fs.writeFileSync(path.join(outDir, "report.json"), JSON.stringify(report, null, 1));
   await browser.close();

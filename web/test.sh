@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Browser end-to-end test: build (or reuse) web/dist, serve it, drive Debian's headless Chromium
 # (WebGPU on SwiftShader) with playwright-core: load the bundled demo, train LoRA and OFTv2 for
-# STEPS steps each, download the adapters and run files, and compare the losses with the native
-# CPU backend on the same run file (web/test.mjs has the assertions). Then time the same run file
+# STEPS steps each, then open a model's files and a data file through the page's file pickers and
+# train QLoRA; download the adapters and run files, and compare the losses with the native CPU
+# backend on the same run file (web/test.mjs has the assertions). Then time the same run file
 # natively on wgpu (lavapipe on machines without a GPU) for the browser-vs-native note.
 #
-# Environment: STEPS (default 10), PORT (default 8090), REBUILD=1 to rebuild the bundle,
+# Environment: STEPS (default 10), PORT (default 8090), REBUILD=1 to rebuild the bundle
+# (BUILD_DEADLINE: see web/build.sh; a build cut off by it skips the test, saying so),
 # BACKEND=cpu to train in the page on burn's CPU backend instead of WebGPU,
 # WGTUNE_BIN (native wgtune; default: cargo build), OUT (default target/web-test).
 set -euo pipefail
@@ -16,15 +18,23 @@ out=${OUT:-target/web-test}
 sudo=""
 [ "$(id -u)" = 0 ] || sudo=sudo
 
-if [ -n "${REBUILD:-}" ] || [ ! -f web/dist/wgtune_bg.wasm ]; then
-    web/build.sh
-fi
-if [ ! -x /usr/lib/chromium/chromium ]; then
+if [ ! -x /usr/lib/chromium/chromium ] || ! command -v node >/dev/null; then
     $sudo apt-get update -qq
-    $sudo apt-get install -y --no-install-recommends chromium
+    $sudo apt-get install -y --no-install-recommends chromium nodejs
 fi
 if [ ! -d web/node_modules/playwright-core ]; then
     (cd web && npm install --no-save --no-package-lock --no-audit --no-fund playwright-core@1.65.1)
+fi
+if [ -n "${REBUILD:-}" ] || [ ! -f web/dist/wgtune_bg.wasm ]; then
+    rc=0
+    web/build.sh || rc=$?
+    if [ "$rc" = 124 ]; then
+        # Only with BUILD_DEADLINE (scripts/test.sh under CI's time budget): a cold wasm build
+        # (~55 min on 2 cores) did not fit. What cargo compiled is kept, so the next run finishes it.
+        echo "web/test.sh: SKIPPED: the wasm build did not finish before BUILD_DEADLINE (cold build cache)"
+        exit 0
+    fi
+    [ "$rc" = 0 ] || exit "$rc"
 fi
 bin=${WGTUNE_BIN:-}
 if [ -z "$bin" ]; then
@@ -65,8 +75,9 @@ import os
 size = os.path.getsize("web/dist/wgtune_bg.wasm")
 print(f"bundle: web/dist/wgtune_bg.wasm {size / 2**20:.1f} MiB")
 where = "CPU backend in the page" if rep["backend"] == "cpu" else f"WebGPU: {rep['adapter']}"
-print(f"browser ({where}): LoRA {lora['browser_mean_step_ms']:.0f} ms/step, "
-      f"OFTv2 {rep['methods']['oft']['browser_mean_step_ms']:.0f} ms/step (first step left out)")
+ms = {k: v["browser_mean_step_ms"] for k, v in rep["methods"].items()}
+print(f"browser ({where}): LoRA {ms['lora']:.0f} ms/step, OFTv2 {ms['oft']:.0f} ms/step, "
+      f"QLoRA on picked files {ms['picked-qlora']:.0f} ms/step (first step left out)")
 if native is not None:
     print(f"native wgpu, same run file: LoRA {native:.0f} ms/step (first step left out)")
 PY

@@ -1,4 +1,5 @@
-//! Front ends: the headless CLI, the desktop app (`gui`) and the browser app (`web`, wasm32 only).
+//! Front ends: the headless CLI, the desktop app (`gui`) and the browser app (`web`, wasm32 only);
+//! `ui` holds the egui panels and curves the two apps share.
 //! File access, blocking on futures and the process exit code live here, not in the core.
 
 #[cfg(not(target_arch = "wasm32"))]
@@ -18,5 +19,6 @@ pub mod par;
 pub mod quantize;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod train;
+pub mod ui;
 #[cfg(target_arch = "wasm32")]
 pub mod web;

@@ -7,15 +7,16 @@
 //! `window.wgtune_status()` returns the same state for automation (web/test.sh). Without WebGPU the
 //! page says how to enable it and trains on burn's CPU backend instead.
 
-use crate::adapters::Method;
-use crate::app::curves::{Curves, Series};
+use crate::app::curves::Curves;
+use crate::app::ui::ERR;
+use crate::app::ui::panels::{self, Front};
+use crate::app::ui::state::{DataInfo, MethodChoice, ModelInfo, problems, summarize_data};
 use crate::io::{Blob, FileSource, LoadError};
-use crate::model::loader::{ModelSource, load_model};
+use crate::model::loader::{ModelSource, load_model, read_model};
 use crate::train::run::RunConfig;
 use crate::train::session::Session;
 use burn::tensor::Device;
 use eframe::egui::{self, Color32, RichText};
-use egui_plot::{Legend, Line, Plot};
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -44,6 +45,11 @@ const DEMO_FILES: [(&str, &[u8]); 3] = [
 ];
 const DEMO_DATA_NAME: &str = "tests/fixtures/tiny_gqa/data.jsonl";
 const DEMO_DATA: &str = include_str!("../../tests/fixtures/tiny_gqa/data.jsonl");
+/// The run file's `model` for an HF model picked as files (the browser gives no folder path).
+const PICKED_MODEL: &str = "picked-model";
+/// File types the model and data pickers offer.
+const MODEL_ACCEPT: &str = ".gguf,.safetensors,.json,.jinja";
+const DATA_ACCEPT: &str = ".jsonl,.json,.txt";
 
 /// Files picked in the browser (or bundled), by name, as an HF folder.
 struct MemFolder {
@@ -87,8 +93,15 @@ struct Shared {
     /// Why WebGPU is not used (empty when it is).
     no_webgpu: String,
     model: Option<Rc<ModelChoice>>,
+    /// What the model's files say about it (the model panel's summary).
+    model_info: Option<ModelInfo>,
     data: Option<(String, Rc<String>)>,
+    /// The data panel's summary of `data` (tokenized with the model's tokenizer when it has one).
+    data_info: Option<Result<DataInfo, String>>,
     run: RunConfig,
+    /// Loss plot options (as the desktop app's).
+    log_scale: bool,
+    smoothing: f64,
     step: u64,
     total: usize,
     losses: Vec<f64>,
@@ -126,7 +139,13 @@ impl Shared {
             "webgpu": self.no_webgpu.is_empty() && !self.adapter.is_empty(),
             "method": self.run.method,
             "model": self.model.as_ref().map(|m| m.name()),
+            "model_layers": self.model_info.as_ref().map(|m| m.config.num_hidden_layers),
+            "model_format": self.model_info.as_ref().map(|m| m.format.clone()),
             "data": self.data.as_ref().map(|d| d.0.clone()),
+            "data_examples": match &self.data_info {
+                Some(Ok(d)) => Some(d.lengths.len()),
+                _ => None,
+            },
             "adapter_ready": self.adapter_files.is_some(),
         })
     }
@@ -148,6 +167,47 @@ impl Shared {
             ctx.request_repaint();
         }
     }
+
+    /// Use `m` as the model when its files read as a Llama model (else log why and keep the old).
+    fn set_model(&mut self, m: ModelChoice) {
+        let files = match &m {
+            ModelChoice::Folder(f) => read_model(ModelSource::HfFolder(&**f)),
+            ModelChoice::Gguf { name, bytes } => read_model(ModelSource::Gguf {
+                bytes: bytes.clone(),
+                name: name.clone(),
+            }),
+        };
+        match files {
+            Ok(files) => {
+                let info = ModelInfo::from_files(&m.name(), files);
+                self.log(format!(
+                    "model: {} ({}, {} layers, hidden {})",
+                    m.name(),
+                    info.format,
+                    info.config.num_hidden_layers,
+                    info.config.hidden_size
+                ));
+                self.model_info = Some(info);
+                self.model = Some(Rc::new(m));
+                self.summarize_data();
+            }
+            Err(e) => self.log(format!("error: {}: {e}", m.name())),
+        }
+    }
+
+    /// Use `text` (file `name`) as the training data.
+    fn set_data(&mut self, name: String, text: String) {
+        self.log(format!("data: {name} ({} lines)", text.lines().count()));
+        self.data = Some((name, Rc::new(text)));
+        self.summarize_data();
+    }
+
+    fn summarize_data(&mut self) {
+        self.data_info = self
+            .data
+            .as_ref()
+            .map(|(name, text)| summarize_data(text, name, self.model_info.as_ref()));
+    }
 }
 
 thread_local! {
@@ -158,8 +218,12 @@ thread_local! {
         backend: "starting…".into(),
         no_webgpu: String::new(),
         model: None,
+        model_info: None,
         data: None,
+        data_info: None,
         run: RunConfig::from_toml(DEMO_RUN).unwrap_or_default(),
+        log_scale: false,
+        smoothing: 0.6,
         step: 0,
         total: 0,
         losses: Vec::new(),
@@ -191,9 +255,25 @@ pub fn wgtune_load_demo() {
     load_demo(&mut shared().borrow_mut());
 }
 
-/// Start training with `method` (`lora` or `oft`) for `steps` steps on `backend` (`webgpu`, or
+/// Open the browser's file picker for `what` (`model`: one .gguf or an HF folder's files; `data`:
+/// a JSONL file), as the Open buttons do. The browser shows it only during a user gesture (a
+/// click on the page shortly before). Returns false for an unknown `what` or while training.
+#[wasm_bindgen]
+pub fn wgtune_pick(what: &str) -> bool {
+    if matches!(shared().borrow().phase, "training" | "loading" | "starting") {
+        return false;
+    }
+    match what {
+        "model" => pick_files(MODEL_ACCEPT, true, picked_model),
+        "data" => pick_files(DATA_ACCEPT, false, picked_data),
+        _ => return false,
+    }
+    true
+}
+
+/// Start training with `method` (`lora`, `qlora`, `oft` or `qoft`) for `steps` steps on `backend` (`webgpu`, or
 /// `cpu` for burn's CPU backend) with the loaded model and data (the demo when nothing is loaded),
-/// as the Train button does. Returns false when busy.
+/// as the Train button does. Returns false when busy or when the run has a problem (logged).
 #[wasm_bindgen]
 pub fn wgtune_train(method: &str, steps: usize, backend: &str) -> bool {
     let s = shared();
@@ -207,6 +287,11 @@ pub fn wgtune_train(method: &str, steps: usize, backend: &str) -> bool {
     st.run.method = Some(method.into());
     st.run.steps = Some(steps);
     st.run.backend = (backend == "cpu").then(|| "cpu".into());
+    let issues = browser_problems(&st);
+    if !issues.is_empty() {
+        st.log(format!("cannot train: {}", issues.join("; ")));
+        return false;
+    }
     drop(st);
     start_training();
     true
@@ -216,8 +301,10 @@ pub fn wgtune_train(method: &str, steps: usize, backend: &str) -> bool {
 /// the page's buttons do. Returns false when there is nothing to download yet.
 #[wasm_bindgen]
 pub fn wgtune_download(what: &str) -> bool {
-    let st = shared();
-    let st = st.borrow();
+    wgtune_download_from(&shared().borrow(), what)
+}
+
+fn wgtune_download_from(st: &Shared, what: &str) -> bool {
     match what {
         "adapter" => match &st.adapter_files {
             Some((json, bytes)) => {
@@ -244,11 +331,11 @@ fn load_demo(st: &mut Shared) {
         .iter()
         .map(|(n, b)| (n.to_string(), Arc::new(*b) as Blob))
         .collect();
-    st.model = Some(Rc::new(ModelChoice::Folder(Rc::new(MemFolder {
+    st.set_model(ModelChoice::Folder(Rc::new(MemFolder {
         name: DEMO_DIR.into(),
         files,
-    }))));
-    st.data = Some((DEMO_DATA_NAME.into(), Rc::new(DEMO_DATA.into())));
+    })));
+    st.set_data(DEMO_DATA_NAME.into(), DEMO_DATA.into());
     let demo = RunConfig::from_toml(DEMO_RUN).unwrap_or_default();
     let (method, steps) = (st.run.method.clone(), st.run.steps);
     st.run = demo;
@@ -588,17 +675,14 @@ fn picked_model(files: Vec<web_sys::File>) {
                 map.insert(f.name(), Arc::new(read_file(f).await?) as Blob);
             }
             Ok(ModelChoice::Folder(Rc::new(MemFolder {
-                name: "picked".into(),
+                name: PICKED_MODEL.into(),
                 files: map,
             })))
         }
         .await;
         let mut st = s.borrow_mut();
         match result {
-            Ok(m) => {
-                st.log(format!("model: {} ({} files)", m.name(), files.len()));
-                st.model = Some(Rc::new(m));
-            }
+            Ok(m) => st.set_model(m),
             Err(e) => st.log(format!("error: {e}")),
         }
         st.repaint();
@@ -614,24 +698,135 @@ fn picked_data(files: Vec<web_sys::File>) {
         });
         let mut st = s.borrow_mut();
         match result {
-            Ok(text) => {
-                st.log(format!(
-                    "data: {} ({} lines)",
-                    f.name(),
-                    text.lines().count()
-                ));
-                st.data = Some((f.name(), Rc::new(text)));
-            }
+            Ok(text) => st.set_data(f.name(), text),
             Err(e) => st.log(format!("error: {e}")),
         }
         st.repaint();
     });
 }
 
+/// Why the run cannot start in the browser (empty when it can): the desktop app's checks on the
+/// run with the in-memory model and data, plus methods that need the desktop app.
+fn browser_problems(st: &Shared) -> Vec<String> {
+    let mut run = st.run.clone();
+    run.model = st.model.as_ref().map(|m| m.name());
+    run.data = st.data.as_ref().map(|d| d.0.clone());
+    run.out = Some("browser".into());
+    let mut out = problems(&run, st.model_info.as_ref());
+    let choice = MethodChoice::of(&run);
+    if !Front::Browser.offers(choice) {
+        out.push(format!(
+            "{} needs the desktop app or `wgtune train --no-gui`",
+            choice.label()
+        ));
+    }
+    out
+}
+
+/// The egui app: the desktop app's settings panels and curves around the page's own model/data
+/// pickers and run controls.
 struct WebApp;
 
-fn plot_line(name: &str, s: &Series) -> Line<'static> {
-    Line::new(name.to_string(), s.clone())
+impl WebApp {
+    fn model_section(ui: &mut egui::Ui, st: &mut Shared, busy: bool) {
+        ui.label(RichText::new(st.backend.clone()).strong());
+        if !st.no_webgpu.is_empty() {
+            ui.colored_label(
+                Color32::from_rgb(230, 120, 60),
+                "No WebGPU: see the note above the app for how to enable it.",
+            );
+        }
+        ui.add_enabled_ui(!busy, |ui| {
+            ui.horizontal(|ui| {
+                if ui
+                    .button("Open model…")
+                    .on_hover_text("one .gguf, or an HF folder's files (select them all)")
+                    .clicked()
+                {
+                    pick_files(MODEL_ACCEPT, true, picked_model);
+                }
+                if ui
+                    .button("Tiny demo")
+                    .on_hover_text("the bundled 2-layer Llama and its data")
+                    .clicked()
+                {
+                    load_demo(st);
+                }
+            });
+        });
+        ui.label(format!(
+            "model: {}",
+            st.model.as_ref().map_or("none".into(), |m| m.name())
+        ));
+        if let Some(m) = &st.model_info {
+            panels::model_summary(ui, m, &st.run);
+        }
+    }
+
+    fn data_section(ui: &mut egui::Ui, st: &mut Shared, busy: bool) {
+        ui.horizontal(|ui| {
+            if ui
+                .add_enabled(!busy, egui::Button::new("Open data…"))
+                .on_hover_text(
+                    "jsonl or JSON array: input_ids, text, prompt/completion, alpaca or messages records",
+                )
+                .clicked()
+            {
+                pick_files(DATA_ACCEPT, false, picked_data);
+            }
+            ui.label(st.data.as_ref().map_or("no data", |d| d.0.as_str()));
+        });
+        panels::eval_split(ui, &mut st.run);
+        match &st.data_info {
+            Some(Ok(d)) => panels::data_summary(ui, d, &st.run),
+            Some(Err(e)) => {
+                ui.label(RichText::new(e).color(ERR));
+            }
+            None => {}
+        }
+    }
+
+    fn controls(ui: &mut egui::Ui, st: &mut Shared, busy: bool) -> bool {
+        let issues = browser_problems(st);
+        let mut start = false;
+        ui.horizontal(|ui| {
+            let can_start = !busy
+                && st.device.is_some()
+                && st.model.is_some()
+                && st.data.is_some()
+                && issues.is_empty();
+            if ui
+                .add_enabled(can_start, egui::Button::new("▶ Train"))
+                .clicked()
+            {
+                start = true;
+            }
+            if ui.add_enabled(busy, egui::Button::new("■ Stop")).clicked() {
+                st.stop = true;
+            }
+            if ui
+                .add_enabled(
+                    st.adapter_files.is_some(),
+                    egui::Button::new("Download adapter"),
+                )
+                .on_hover_text("adapter_config.json + adapter_model.safetensors (peft format)")
+                .clicked()
+            {
+                wgtune_download_from(st, "adapter");
+            }
+            if ui.button("Download run file").clicked() {
+                wgtune_download_from(st, "run");
+            }
+        });
+        if st.model.is_some() && st.data.is_some() {
+            for p in &issues {
+                ui.label(RichText::new(format!("• {p}")).color(ERR));
+            }
+        } else {
+            ui.label(RichText::new("open a model and data, or load the tiny demo").weak());
+        }
+        start
+    }
 }
 
 impl eframe::App for WebApp {
@@ -641,142 +836,46 @@ impl eframe::App for WebApp {
         egui::Panel::top("top").show(ui, |ui| {
             ui.horizontal(|ui| {
                 ui.heading("wgtune");
-                ui.label("LoRA / OFTv2 finetuning in the browser");
+                ui.label("LoRA / QLoRA / OFTv2 / QOFT finetuning in the browser");
             });
         });
         egui::Panel::left("settings")
-            .default_size(330.0)
+            .default_size(380.0)
             .show(ui, |ui| {
                 let mut st = s.borrow_mut();
+                let st = &mut *st;
                 let busy = matches!(st.phase, "loading" | "training" | "starting");
-                ui.label(RichText::new(st.backend.clone()).strong());
-                if !st.no_webgpu.is_empty() {
-                    ui.colored_label(
-                        Color32::from_rgb(230, 120, 60),
-                        "No WebGPU: see the note above the app for how to enable it.",
-                    );
-                }
-                ui.separator();
-                ui.heading("Model and data");
-                ui.label(format!(
-                    "model: {}",
-                    st.model.as_ref().map_or("none".into(), |m| m.name())
-                ));
-                ui.label(format!(
-                    "data: {}",
-                    st.data.as_ref().map_or("none", |d| d.0.as_str())
-                ));
-                ui.add_enabled_ui(!busy, |ui| {
-                    if ui.button("Load tiny demo model + data").clicked() {
-                        load_demo(&mut st);
-                    }
-                    ui.horizontal(|ui| {
-                        if ui
-                            .button("Open model…")
-                            .on_hover_text("one .gguf, or an HF folder's files (select them all)")
-                            .clicked()
-                        {
-                            pick_files(".gguf,.safetensors,.json,.jinja", true, picked_model);
-                        }
-                        if ui.button("Open data…").clicked() {
-                            pick_files(".jsonl,.json,.txt", false, picked_data);
-                        }
+                egui::ScrollArea::vertical().show(ui, |ui| {
+                    egui::CollapsingHeader::new("Model")
+                        .default_open(true)
+                        .show(ui, |ui| Self::model_section(ui, st, busy));
+                    egui::CollapsingHeader::new("Data")
+                        .default_open(true)
+                        .show(ui, |ui| Self::data_section(ui, st, busy));
+                    ui.add_enabled_ui(!busy, |ui| {
+                        egui::CollapsingHeader::new("Method")
+                            .default_open(true)
+                            .show(ui, |ui| {
+                                panels::method_panel(
+                                    ui,
+                                    &mut st.run,
+                                    st.model_info.as_ref(),
+                                    Front::Browser,
+                                )
+                            });
+                        egui::CollapsingHeader::new("Training")
+                            .default_open(false)
+                            .show(ui, |ui| {
+                                panels::training_panel(ui, &mut st.run, Front::Browser)
+                            });
                     });
-                });
-                ui.separator();
-                ui.heading("Method");
-                ui.add_enabled_ui(!busy, |ui| {
-                    let method = st.run.method.clone().unwrap_or_else(|| "lora".into());
-                    ui.horizontal(|ui| {
-                        if ui.radio(method == "lora", "LoRA").clicked() {
-                            st.run.method = Some("lora".into());
-                        }
-                        if ui.radio(method == "oft", "OFTv2").clicked() {
-                            st.run.method = Some("oft".into());
-                        }
-                    });
-                    if method == "oft" {
-                        let mut b = st.run.oft_block_size.unwrap_or(32);
-                        ui.horizontal(|ui| {
-                            ui.label("block size");
-                            ui.add(egui::DragValue::new(&mut b).range(2..=1024));
-                        });
-                        st.run.oft_block_size = Some(b);
-                    } else {
-                        let mut r = st.run.r.unwrap_or(8);
-                        ui.horizontal(|ui| {
-                            ui.label("rank r");
-                            ui.add(egui::DragValue::new(&mut r).range(1..=1024));
-                        });
-                        st.run.r = Some(r);
-                    }
-                    let mut cpu = st.run.backend.as_deref() == Some("cpu");
-                    ui.checkbox(&mut cpu, "train on the CPU backend (not WebGPU)");
-                    st.run.backend = cpu.then(|| "cpu".into());
-                    let mut steps = st.run.steps.unwrap_or(20);
-                    ui.horizontal(|ui| {
-                        ui.label("steps");
-                        ui.add(egui::DragValue::new(&mut steps).range(1..=100_000));
-                    });
-                    st.run.steps = Some(steps);
-                    let mut lr = st.run.lr.unwrap_or(1e-4);
-                    ui.horizontal(|ui| {
-                        ui.label("learning rate");
-                        ui.add(egui::DragValue::new(&mut lr).speed(1e-4).range(0.0..=1.0));
-                    });
-                    st.run.lr = Some(lr);
-                    match st.run.adapter() {
-                        Ok(a) => match a.method {
-                            Method::Lora(_) => {
-                                ui.label("LoRA adapters on the attention and MLP projections")
-                            }
-                            Method::Oft(_) => ui.label(
-                                "OFTv2: orthogonal (Cayley) rotations of each projection's input",
-                            ),
-                        },
-                        Err(e) => ui.colored_label(Color32::RED, e),
-                    };
-                });
-                ui.separator();
-                ui.horizontal(|ui| {
-                    let can_start =
-                        !busy && st.device.is_some() && st.model.is_some() && st.data.is_some();
-                    if ui
-                        .add_enabled(can_start, egui::Button::new("▶ Train"))
-                        .clicked()
-                    {
-                        start = true;
-                    }
-                    if ui.add_enabled(busy, egui::Button::new("■ Stop")).clicked() {
-                        st.stop = true;
-                    }
-                });
-                ui.horizontal(|ui| {
-                    if ui
-                        .add_enabled(
-                            st.adapter_files.is_some(),
-                            egui::Button::new("Download adapter"),
-                        )
-                        .on_hover_text(
-                            "adapter_config.json + adapter_model.safetensors (peft format)",
-                        )
-                        .clicked()
-                    {
-                        let (json, bytes) = st.adapter_files.clone().unwrap_or_default();
-                        download("adapter_config.json", json.as_bytes(), "application/json");
-                        download(
-                            "adapter_model.safetensors",
-                            &bytes,
-                            "application/octet-stream",
-                        );
-                    }
-                    if ui.button("Download run file").clicked() {
-                        download("run.toml", st.run.to_toml().as_bytes(), "application/toml");
-                    }
                 });
             });
         egui::CentralPanel::default().show(ui, |ui| {
-            let st = s.borrow();
+            let mut st = s.borrow_mut();
+            let st = &mut *st;
+            let busy = matches!(st.phase, "loading" | "training" | "starting");
+            start = Self::controls(ui, st, busy);
             let mean = st.status()["mean_step_ms"].as_f64().unwrap_or(0.0);
             ui.label(format!(
                 "{}: step {}/{}{}{}",
@@ -793,28 +892,9 @@ impl eframe::App for WebApp {
                 }
             ));
             if let Some(e) = &st.error {
-                ui.colored_label(Color32::RED, e);
+                ui.colored_label(ERR, e);
             }
-            let c = &st.curves;
-            let h = (ui.available_height() - 140.0).max(160.0);
-            Plot::new("loss")
-                .height(h)
-                .legend(Legend::default())
-                .x_axis_label("step")
-                .y_axis_label("loss")
-                .show(ui, |p| {
-                    p.line(plot_line("train", &c.loss).color(Color32::from_gray(140)));
-                    p.line(
-                        plot_line("smoothed", &c.smooth)
-                            .color(Color32::from_rgb(80, 160, 255))
-                            .width(2.0),
-                    );
-                    p.line(
-                        plot_line("eval", &c.eval)
-                            .color(Color32::from_rgb(255, 150, 60))
-                            .width(2.0),
-                    );
-                });
+            panels::plots(ui, &mut st.curves, &mut st.log_scale, &mut st.smoothing);
             egui::ScrollArea::vertical()
                 .stick_to_bottom(true)
                 .show(ui, |ui| {

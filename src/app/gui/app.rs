@@ -3,27 +3,25 @@
 
 use super::ScreenshotPlan;
 use super::browse::{Browser, Outcome, Want};
-use super::curves::{Curves, Series, log10, scaled};
+use super::curves::Curves;
+use super::state::DataInfo;
 use super::state::{ModelInfo, Settings, problems, remember};
-use super::worker::{DataInfo, Job, SampleRequest, TrainJob, TrainMsg};
+use super::worker::{Job, SampleRequest, TrainJob, TrainMsg};
 use crate::app::train::{TrainEvent, TrainSummary};
 use crate::train::run::RunConfig;
 use eframe::egui;
-use egui::{Color32, RichText};
-use egui_plot::{Legend, Line, Plot, VLine};
+use egui::RichText;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 mod panels;
-mod widgets;
 
-use widgets::{recent_menu, save_png, small_plot};
+use crate::app::ui::ERR;
+use crate::app::ui::widgets::recent_menu;
 
 const STORAGE_KEY: &str = "wgtune-settings";
-/// Colour of error text.
-pub(crate) const ERR: Color32 = Color32::from_rgb(230, 90, 80);
 
 /// How the app was launched.
 pub(crate) struct Launch {
@@ -636,99 +634,12 @@ impl WgtuneApp {
     }
 
     fn plots(&mut self, ui: &mut egui::Ui) {
-        ui.horizontal(|ui| {
-            ui.checkbox(&mut self.settings.log_scale, "log scale")
-                .on_hover_text("log10 y axis on the loss plot");
-            if ui
-                .add(egui::Slider::new(&mut self.settings.smoothing, 0.0..=0.99).text("smoothing"))
-                .on_hover_text("EMA weight of the smoothed train loss")
-                .changed()
-            {
-                self.curves.set_smoothing(self.settings.smoothing);
-            }
-            ui.label(
-                RichText::new("drag to pan, ctrl+scroll to zoom, double-click to reset").weak(),
-            );
-        });
-        let h = ((ui.available_height() - 260.0) / 2.0).clamp(120.0, 320.0);
-        let c = &self.curves;
-        let log = self.settings.log_scale;
-        let tf = |s: &Series| if log { log10(s) } else { s.clone() };
-        ui.columns(3, |cols| {
-            let loss_plot = Plot::new("loss")
-                .height(h)
-                .legend(Legend::default())
-                .x_axis_label("step")
-                .y_axis_label(if log { "log10 loss" } else { "loss" });
-            loss_plot.show(&mut cols[0], |p| {
-                p.line(Line::new("train", tf(&c.loss)).color(Color32::from_gray(140)));
-                p.line(
-                    Line::new("smoothed", tf(&c.smooth))
-                        .color(Color32::from_rgb(80, 160, 255))
-                        .width(2.0),
-                );
-                p.line(
-                    Line::new("eval", tf(&c.eval))
-                        .color(Color32::from_rgb(255, 150, 60))
-                        .width(2.0),
-                );
-                for x in &c.stages {
-                    p.vline(VLine::new("stage 1 → 2", *x).color(ERR));
-                }
-            });
-            let (lr, e) = scaled(&c.lr);
-            let lr_name = if e == 0 {
-                "learning rate".to_string()
-            } else {
-                format!("learning rate (×1e{e})")
-            };
-            small_plot(
-                &mut cols[1],
-                &lr_name,
-                &lr,
-                h,
-                Color32::from_rgb(120, 200, 120),
-            );
-            small_plot(
-                &mut cols[2],
-                "grad norm",
-                &c.grad_norm,
-                h,
-                Color32::from_rgb(220, 180, 80),
-            );
-        });
-        ui.columns(3, |cols| {
-            small_plot(
-                &mut cols[0],
-                "tokens/s",
-                &c.tokens_per_s,
-                h,
-                Color32::from_rgb(180, 120, 220),
-            );
-            let mem_known = c.mem_mib.iter().any(|p| p[1] > 0.0);
-            small_plot(
-                &mut cols[1],
-                if mem_known || c.mem_mib.is_empty() {
-                    "device memory (MiB)"
-                } else {
-                    "device memory (n/a on CPU)"
-                },
-                &c.mem_mib,
-                h,
-                Color32::from_rgb(120, 200, 220),
-            );
-            Plot::new("par")
-                .height(h)
-                .legend(Legend::default())
-                .x_axis_label("step")
-                .show(&mut cols[2], |p| {
-                    p.line(Line::new("GRPO reward", c.reward.clone()));
-                    p.line(Line::new("accuracy", c.accuracy.clone()).width(2.0));
-                    for x in &c.stages {
-                        p.vline(VLine::new("stage 1 → 2", *x).color(ERR));
-                    }
-                });
-        });
+        crate::app::ui::panels::plots(
+            ui,
+            &mut self.curves,
+            &mut self.settings.log_scale,
+            &mut self.settings.smoothing,
+        );
     }
 
     fn sample_box(&mut self, ui: &mut egui::Ui, ctx: &egui::Context) {
@@ -862,4 +773,17 @@ impl eframe::App for WgtuneApp {
         }
         self.report_fps();
     }
+}
+
+/// Write an egui screenshot as PNG.
+fn save_png(img: &egui::ColorImage, path: &Path) -> Result<(), String> {
+    let [w, h] = img.size;
+    let bytes: Vec<u8> = img.pixels.iter().flat_map(|c| c.to_array()).collect();
+    let buf = image::RgbaImage::from_raw(w as u32, h as u32, bytes)
+        .ok_or("screenshot has an unexpected size")?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
+    buf.save_with_format(path, image::ImageFormat::Png)
+        .map_err(|e| format!("{}: {e}", path.display()))
 }

@@ -194,7 +194,7 @@ impl<T> Browser<T> {
                     .auto_shrink([false, false])
                     .show(ui, |ui| match &self.entries {
                         Err(e) => {
-                            ui.label(RichText::new(e).color(super::app::ERR));
+                            ui.label(RichText::new(e).color(crate::app::ui::ERR));
                         }
                         Ok(entries) => {
                             for (i, e) in entries.iter().enumerate() {

@@ -6,7 +6,7 @@
 mod app;
 pub mod browse;
 pub use super::curves;
-pub mod state;
+pub use super::ui::state;
 pub mod worker;
 
 use anyhow::{Result, anyhow, bail};

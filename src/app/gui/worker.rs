@@ -2,12 +2,11 @@
 //! [`run_training`] as `wgtune train --no-gui`), reading a model's files, previewing a data file
 //! and sampling from the trained adapter. Panics in a job come back as error messages.
 
-use super::state::ModelInfo;
 use crate::app::files::DirSource;
 use crate::app::train::{TrainControl, TrainEvent, TrainSummary, run_training};
+use crate::app::ui::state::{DataInfo, ModelInfo, summarize_data};
 use crate::io::chat::ChatMessage;
 use crate::model::generate::{SamplingConfig, generate};
-use crate::train::data::{BadLine, DataOptions, Tokenize, load_examples_with, parse_records};
 use crate::train::run::RunConfig;
 use eframe::egui;
 use std::io::{Read, Seek, SeekFrom};
@@ -163,97 +162,11 @@ pub fn inspect_model(path: String) -> Result<ModelInfo, String> {
     Ok(ModelInfo::from_files(&path, files))
 }
 
-/// What the data panel shows about a data file.
-#[derive(Debug, Clone, Default)]
-pub struct DataInfo {
-    /// Records per detected format, e.g. `alpaca: 999`.
-    pub formats: Vec<(String, usize)>,
-    /// Records read.
-    pub records: usize,
-    /// The first examples as the model will see them (template applied, scored part in [[ ]]).
-    pub preview: Vec<String>,
-    /// Token length of every usable example (before truncation).
-    pub lengths: Vec<usize>,
-    /// Records that cannot be used, with why (first few).
-    pub problems: Vec<String>,
-}
-
-/// The record format a JSON record is read as (see `train::data`).
-pub fn detect_format(v: &serde_json::Value) -> &'static str {
-    let has = |k: &str| v.get(k).is_some();
-    if has("input_ids") {
-        "token ids"
-    } else if has("messages") {
-        "chat messages"
-    } else if has("instruction") {
-        "alpaca"
-    } else if has("prompt") && has("completion") {
-        "prompt/completion"
-    } else if has("text") {
-        "text"
-    } else {
-        "unknown"
-    }
-}
-
-/// Read and tokenize a data file for the data panel (the model's tokenizer and chat template,
-/// when a model is loaded, render text records exactly as training will).
+/// Read and tokenize a data file for the data panel (see [`summarize_data`]).
 pub fn preview_data(path: String, model: Option<ModelInfo>) -> Result<DataInfo, String> {
     let bytes = std::fs::read(path.trim()).map_err(|e| format!("{}: {e}", path.trim()))?;
     let text = String::from_utf8(bytes).map_err(|_| format!("{path}: not UTF-8 text"))?;
-    let records = parse_records(&text, &path).map_err(|e| e.to_string())?;
-    let mut info = DataInfo {
-        records: records.len(),
-        ..Default::default()
-    };
-    for (_, v) in &records {
-        let f = detect_format(v);
-        match info.formats.iter_mut().find(|(n, _)| n == f) {
-            Some((_, c)) => *c += 1,
-            None => info.formats.push((f.to_string(), 1)),
-        }
-    }
-    let tok = model.as_ref().and_then(|m| {
-        m.tokenizer.as_deref().map(|t| Tokenize {
-            tokenizer: t,
-            chat_template: m.chat_template.as_deref(),
-        })
-    });
-    let opts = DataOptions {
-        max_seq_len: usize::MAX,
-        on_bad_line: BadLine::Skip,
-    };
-    let (examples, report) =
-        load_examples_with(&text, &path, tok.as_ref(), &opts).map_err(|e| e.to_string())?;
-    info.problems = report
-        .skipped
-        .iter()
-        .take(5)
-        .map(|(line, msg)| format!("line {line}: {msg}"))
-        .collect();
-    if tok.is_none() && !report.skipped.is_empty() {
-        info.problems.insert(
-            0,
-            "text records need a model with a tokenizer: load the model first".into(),
-        );
-    }
-    info.lengths = examples.iter().map(|e| e.input_ids.len()).collect();
-    for e in examples.iter().take(3) {
-        let first_scored = e
-            .labels
-            .iter()
-            .position(|&l| l != -100)
-            .unwrap_or(e.labels.len());
-        let (prompt, scored) = e.input_ids.split_at(first_scored);
-        info.preview.push(match &tok {
-            Some(t) => {
-                let dec = |ids: &[u32]| t.tokenizer.decode(ids, false).unwrap_or_default();
-                format!("{}[[{}]]", dec(prompt), dec(scored))
-            }
-            None => format!("ids {prompt:?} [[{scored:?}]]"),
-        });
-    }
-    Ok(info)
+    summarize_data(&text, &path, model.as_ref())
 }
 
 /// Settings of one sample from the generation box.

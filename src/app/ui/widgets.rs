@@ -1,16 +1,15 @@
-//! Small egui widgets shared by the panels: optional text and number fields with tooltips,
-//! choice boxes, recent-file menus, plots, and the PNG writer for screenshots.
+//! Small egui widgets shared by the panels of both apps: optional text and number fields with
+//! tooltips, choice boxes, path rows with recent-file menus, plots and histograms.
 
-use super::super::curves::Series;
+use crate::app::curves::Series;
 use eframe::egui;
 use egui::{Color32, DragValue};
 use egui_plot::{Bar, Legend, Line, Plot};
-use std::path::Path;
 
 /// A compact line plot of one series against the step. A constant series (a flat learning
 /// rate, zero memory) gets the y range [0, 1.25·v] instead of egui_plot's default for a
 /// zero-height range, which follows the x range (±200 after 400 steps) and hides the value.
-pub(super) fn small_plot(ui: &mut egui::Ui, name: &str, s: &Series, h: f32, color: Color32) {
+pub fn small_plot(ui: &mut egui::Ui, name: &str, s: &Series, h: f32, color: Color32) {
     let mut plot = Plot::new(name)
         .height(h)
         .legend(Legend::default())
@@ -24,7 +23,7 @@ pub(super) fn small_plot(ui: &mut egui::Ui, name: &str, s: &Series, h: f32, colo
 }
 
 /// The y range to show for a series whose values are all equal (`None` otherwise).
-pub(super) fn flat_range(s: &Series) -> Option<[f64; 2]> {
+pub fn flat_range(s: &Series) -> Option<[f64; 2]> {
     let first = s.first()?[1];
     if s.iter().any(|p| p[1] != first) {
         return None;
@@ -37,7 +36,7 @@ pub(super) fn flat_range(s: &Series) -> Option<[f64; 2]> {
 }
 
 /// Bars of a histogram of `values` in about `bins` equal bins.
-pub(super) fn histogram(values: &[usize], bins: usize) -> Vec<Bar> {
+pub fn histogram(values: &[usize], bins: usize) -> Vec<Bar> {
     let Some(&max) = values.iter().max() else {
         return Vec::new();
     };
@@ -55,21 +54,8 @@ pub(super) fn histogram(values: &[usize], bins: usize) -> Vec<Bar> {
         .collect()
 }
 
-/// Write an egui screenshot as PNG.
-pub(super) fn save_png(img: &egui::ColorImage, path: &Path) -> Result<(), String> {
-    let [w, h] = img.size;
-    let bytes: Vec<u8> = img.pixels.iter().flat_map(|c| c.to_array()).collect();
-    let buf = image::RgbaImage::from_raw(w as u32, h as u32, bytes)
-        .ok_or("screenshot has an unexpected size")?;
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    }
-    buf.save_with_format(path, image::ImageFormat::Png)
-        .map_err(|e| format!("{}: {e}", path.display()))
-}
-
 /// A text box for an optional string setting (empty = unset).
-pub(super) fn opt_text(ui: &mut egui::Ui, v: &mut Option<String>, width: f32) -> egui::Response {
+pub fn opt_text(ui: &mut egui::Ui, v: &mut Option<String>, width: f32) -> egui::Response {
     let mut s = v.clone().unwrap_or_default();
     let r = ui.add(egui::TextEdit::singleline(&mut s).desired_width(width));
     if r.changed() {
@@ -79,7 +65,7 @@ pub(super) fn opt_text(ui: &mut egui::Ui, v: &mut Option<String>, width: f32) ->
 }
 
 /// A labelled number for an optional setting, showing its default until changed.
-pub(super) fn num<T: egui::emath::Numeric>(
+pub fn num<T: egui::emath::Numeric>(
     ui: &mut egui::Ui,
     label: &str,
     help: &str,
@@ -110,7 +96,7 @@ pub(super) fn num<T: egui::emath::Numeric>(
 }
 
 /// A checkbox for an optional flag.
-pub(super) fn flag(ui: &mut egui::Ui, label: &str, help: &str, v: &mut Option<bool>) {
+pub fn flag(ui: &mut egui::Ui, label: &str, help: &str, v: &mut Option<bool>) {
     let mut b = v.unwrap_or(false);
     if ui.checkbox(&mut b, label).on_hover_text(help).changed() {
         *v = b.then_some(true);
@@ -118,7 +104,7 @@ pub(super) fn flag(ui: &mut egui::Ui, label: &str, help: &str, v: &mut Option<bo
 }
 
 /// A combo box for an optional string setting with known values (the first is the default).
-pub(super) fn choice(
+pub fn choice(
     ui: &mut egui::Ui,
     label: &str,
     help: &str,
@@ -142,7 +128,7 @@ pub(super) fn choice(
 }
 
 /// What the user did in a [`path_row`].
-pub(super) enum PathAction {
+pub enum PathAction {
     /// Nothing.
     None,
     /// Use the path now (the action button, Enter in the field, or a recent path picked).
@@ -153,7 +139,7 @@ pub(super) enum PathAction {
 
 /// A path field (`help` on hover) with its action button (`action`, also Enter), a Browse…
 /// button (`browse_help`) and a menu of `recent` paths; a recent pick fills the field.
-pub(super) fn path_row(
+pub fn path_row(
     ui: &mut egui::Ui,
     value: &mut Option<String>,
     help: &str,
@@ -179,12 +165,7 @@ pub(super) fn path_row(
 }
 
 /// A drop-down of recent paths.
-pub(super) fn recent_menu(
-    ui: &mut egui::Ui,
-    label: &str,
-    items: &[String],
-    mut pick: impl FnMut(String),
-) {
+pub fn recent_menu(ui: &mut egui::Ui, label: &str, items: &[String], mut pick: impl FnMut(String)) {
     ui.add_enabled_ui(!items.is_empty(), |ui| {
         ui.menu_button(label, |ui| {
             for p in items {

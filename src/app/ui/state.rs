@@ -1,10 +1,11 @@
-//! The desktop app's state without a window: the persisted settings (the run as TOML plus recent
+//! The apps' state without a window: the persisted settings (the run as TOML plus recent
 //! files and view options), the method choices, what a loaded model says about itself, trainable
 //! parameter counts, memory estimates and every validation message. Unit-tested headless.
 
 use crate::adapters::{AdapterConfig, Method};
 use crate::io::chat::ChatTemplate;
 use crate::model::llama::LlamaConfig;
+use crate::train::data::{BadLine, DataOptions, Tokenize, load_examples_with, parse_records};
 use crate::train::run::RunConfig;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -421,6 +422,102 @@ pub fn parse_opt<T: std::str::FromStr>(text: &str) -> Result<Option<T>, String> 
         .map_err(|_| format!("`{t}` is not a valid number"))
 }
 
+/// What the data panel shows about a data file.
+#[derive(Debug, Clone, Default)]
+pub struct DataInfo {
+    /// Records per detected format, e.g. `alpaca: 999`.
+    pub formats: Vec<(String, usize)>,
+    /// Records read.
+    pub records: usize,
+    /// The first examples as the model will see them (template applied, scored part in [[ ]]).
+    pub preview: Vec<String>,
+    /// Token length of every usable example (before truncation).
+    pub lengths: Vec<usize>,
+    /// Records that cannot be used, with why (first few).
+    pub problems: Vec<String>,
+}
+
+/// The record format a JSON record is read as (see `train::data`).
+pub fn detect_format(v: &serde_json::Value) -> &'static str {
+    let has = |k: &str| v.get(k).is_some();
+    if has("input_ids") {
+        "token ids"
+    } else if has("messages") {
+        "chat messages"
+    } else if has("instruction") {
+        "alpaca"
+    } else if has("prompt") && has("completion") {
+        "prompt/completion"
+    } else if has("text") {
+        "text"
+    } else {
+        "unknown"
+    }
+}
+
+/// Summarise a data file's `text` (named `path` in messages) for the data panel: formats, token
+/// lengths, problems and the first examples (the model's tokenizer and chat template, when a model
+/// is loaded, render text records exactly as training will).
+pub fn summarize_data(
+    text: &str,
+    path: &str,
+    model: Option<&ModelInfo>,
+) -> Result<DataInfo, String> {
+    let records = parse_records(text, path).map_err(|e| e.to_string())?;
+    let mut info = DataInfo {
+        records: records.len(),
+        ..Default::default()
+    };
+    for (_, v) in &records {
+        let f = detect_format(v);
+        match info.formats.iter_mut().find(|(n, _)| n == f) {
+            Some((_, c)) => *c += 1,
+            None => info.formats.push((f.to_string(), 1)),
+        }
+    }
+    let tok = model.and_then(|m| {
+        m.tokenizer.as_deref().map(|t| Tokenize {
+            tokenizer: t,
+            chat_template: m.chat_template.as_deref(),
+        })
+    });
+    let opts = DataOptions {
+        max_seq_len: usize::MAX,
+        on_bad_line: BadLine::Skip,
+    };
+    let (examples, report) =
+        load_examples_with(text, path, tok.as_ref(), &opts).map_err(|e| e.to_string())?;
+    info.problems = report
+        .skipped
+        .iter()
+        .take(5)
+        .map(|(line, msg)| format!("line {line}: {msg}"))
+        .collect();
+    if tok.is_none() && !report.skipped.is_empty() {
+        info.problems.insert(
+            0,
+            "text records need a model with a tokenizer: load the model first".into(),
+        );
+    }
+    info.lengths = examples.iter().map(|e| e.input_ids.len()).collect();
+    for e in examples.iter().take(3) {
+        let first_scored = e
+            .labels
+            .iter()
+            .position(|&l| l != -100)
+            .unwrap_or(e.labels.len());
+        let (prompt, scored) = e.input_ids.split_at(first_scored);
+        info.preview.push(match &tok {
+            Some(t) => {
+                let dec = |ids: &[u32]| t.tokenizer.decode(ids, false).unwrap_or_default();
+                format!("{}[[{}]]", dec(prompt), dec(scored))
+            }
+            None => format!("ids {prompt:?} [[{scored:?}]]"),
+        });
+    }
+    Ok(info)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -554,5 +651,27 @@ mod tests {
         assert!(memory_estimate(&c, false, 1000, 4, 64) > a);
         assert!(memory_estimate(&c, true, 1000, 1, 64) < a);
         assert!(mib(3 * 1048576).starts_with("3.0 MiB"));
+    }
+
+    #[test]
+    fn data_summary_counts_formats_lengths_and_problems() {
+        let text = concat!(
+            "{\"input_ids\": [1, 2, 3, 4], \"labels\": [-100, -100, 3, 4]}\n",
+            "{\"input_ids\": [5, 6]}\n",
+            "{\"text\": \"needs a tokenizer\"}\n",
+        );
+        let d = summarize_data(text, "mem.jsonl", Some(&tiny())).unwrap();
+        assert_eq!(d.records, 3);
+        assert_eq!(
+            d.formats,
+            vec![("token ids".to_string(), 2), ("text".to_string(), 1)]
+        );
+        assert_eq!(d.lengths, vec![4, 2]);
+        assert_eq!(d.preview[0], "ids [1, 2] [[[3, 4]]]");
+        // The tiny model has no tokenizer: the text record is reported, with what to do.
+        assert!(d.problems[0].contains("tokenizer"), "{:?}", d.problems);
+        assert!(d.problems.iter().any(|p| p.starts_with("line 3:")));
+        let bad = summarize_data("{\"input_ids\": [1]}\nnot json\n", "bad.jsonl", None);
+        assert!(bad.unwrap_err().contains("bad.jsonl"));
     }
 }
