@@ -155,25 +155,34 @@ try {
   const modelFiles = fs.readdirSync(fixture)
     .filter((f) => f.startsWith("model") || f.endsWith("config.json"))
     .map((f) => path.join(fixture, f));
-  for (const [what, files, expect] of [
-    ["model", modelFiles, (s) => s.model === "picked-model" && s.model_layers === 2],
-    ["data", [path.join(fixture, "data.jsonl")], (s) => s.data === "data.jsonl" && s.data_examples > 0],
-  ]) {
+  async function pick(what, files, ready) {
     await page.mouse.click(640, 12);
     const [chooser] = await Promise.all([
       page.waitForEvent("filechooser", { timeout: 30_000 }),
       page.evaluate((w) => window.wgtune.wgtune_pick(w), what),
     ]);
+    const t = Date.now();
     await chooser.setFiles(files);
-    await page.waitForFunction(
-      (w) => { const s = window.wgtune_status(); return w === "model" ? s.model === "picked-model" : s.data === "data.jsonl"; },
-      what,
-      { timeout: 60_000, polling: 100 },
-    );
-    st = await page.evaluate(() => window.wgtune_status());
-    check(expect(st), `picked ${what}: ${files.length} file(s) read (${what === "model" ? `${st.model}, ${st.model_format}, ${st.model_layers} layers` : `${st.data}, ${st.data_examples} examples`})`);
+    await page.waitForFunction(ready, null, { timeout: 120_000, polling: 100 });
+    // Reading the files into wasm memory and summarising them (on the page's thread).
+    report.picks = [...(report.picks || []), { what, files: files.map((f) => path.basename(f)), ms: Date.now() - t }];
+    return page.evaluate(() => window.wgtune_status());
   }
+  st = await pick("model", modelFiles, () => window.wgtune_status().model === "picked-model");
+  check(st.model_layers === 2 && st.model_format === "hf-safetensors",
+    `picked model: ${modelFiles.length} files read (${st.model}, ${st.model_format}, ${st.model_layers} layers)`);
+  st = await pick("data", [path.join(fixture, "data.jsonl")], () => window.wgtune_status().data === "data.jsonl");
+  check(st.data_examples === 2, `picked data: ${st.data}, ${st.data_examples} examples`);
   await trainAndCheck("picked-qlora", "qlora", ["--model", fixture, "--data", path.join(fixture, "data.jsonl")]);
+  // A GGUF file (the demo's SmolLM2 Q4_1, 98 MB) and a JSON array of alpaca records through the
+  // same pickers: the model summary and the data summary tokenized with the GGUF's own tokenizer
+  // and chat template. No training (135M parameters on SwiftShader would take minutes a step).
+  const gguf = "assets/SmolLM2-135M-Instruct.Q4_1.gguf";
+  st = await pick("model", [gguf], () => window.wgtune_status().model === "SmolLM2-135M-Instruct.Q4_1.gguf");
+  check(st.model_layers === 30 && st.model_format.startsWith("gguf") && st.model_tokenizer,
+    `picked GGUF: ${st.model}, ${st.model_format}, ${st.model_layers} layers, tokenizer ${st.model_tokenizer}`);
+  st = await pick("data", ["assets/alpaca_en_demo.json"], () => window.wgtune_status().data === "alpaca_en_demo.json");
+  check(st.data_examples > 900, `picked alpaca data: ${st.data_examples} examples tokenized in the page`);
   // The page as it looks after the runs (the shared settings panels and curves).
   await page.screenshot({ path: path.join(outDir, "page.png") });
 } finally {

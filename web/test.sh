@@ -42,6 +42,7 @@ if [ -z "$bin" ]; then
     bin=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/debug/wgtune
 fi
 
+bash scripts/fetch-assets.sh   # the GGUF and alpaca files the picker check opens
 rm -rf "$out"
 mkdir -p "$out"
 python3 -m http.server --bind 127.0.0.1 --directory web/dist "$port" >"$out/http.log" 2>&1 &

@@ -141,6 +141,7 @@ impl Shared {
             "model": self.model.as_ref().map(|m| m.name()),
             "model_layers": self.model_info.as_ref().map(|m| m.config.num_hidden_layers),
             "model_format": self.model_info.as_ref().map(|m| m.format.clone()),
+            "model_tokenizer": self.model_info.as_ref().is_some_and(|m| m.tokenizer.is_some()),
             "data": self.data.as_ref().map(|d| d.0.clone()),
             "data_examples": match &self.data_info {
                 Some(Ok(d)) => Some(d.lengths.len()),
@@ -243,7 +244,8 @@ fn shared() -> Rc<RefCell<Shared>> {
 }
 
 /// The page's state as JSON: phase, step, total, loss, losses, step_ms, tokens, mean_step_ms,
-/// error, adapter (WebGPU adapter), backend, webgpu, method, model, data, adapter_ready.
+/// error, adapter (WebGPU adapter), backend, webgpu, method, model, model_layers, model_format,
+/// model_tokenizer, data, data_examples, adapter_ready.
 #[wasm_bindgen]
 pub fn wgtune_status() -> String {
     shared().borrow().status().to_string()
@@ -894,7 +896,13 @@ impl eframe::App for WebApp {
             if let Some(e) = &st.error {
                 ui.colored_label(ERR, e);
             }
-            panels::plots(ui, &mut st.curves, &mut st.log_scale, &mut st.smoothing);
+            panels::plots(
+                ui,
+                &mut st.curves,
+                &mut st.log_scale,
+                &mut st.smoothing,
+                Front::Browser,
+            );
             egui::ScrollArea::vertical()
                 .stick_to_bottom(true)
                 .show(ui, |ui| {

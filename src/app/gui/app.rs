@@ -639,6 +639,7 @@ impl WgtuneApp {
             &mut self.curves,
             &mut self.settings.log_scale,
             &mut self.settings.smoothing,
+            crate::app::ui::panels::Front::Desktop,
         );
     }
 

@@ -630,8 +630,15 @@ pub fn training_panel(ui: &mut egui::Ui, r: &mut RunConfig, front: Front) -> boo
 
 /// The live curves: train / smoothed / eval loss (optionally log10), learning rate, gradient norm,
 /// tokens per second, device memory and LoRA-PAR's reward and accuracy, with stage boundaries.
-/// `log_scale` and `smoothing` are the view options above the plots.
-pub fn plots(ui: &mut egui::Ui, c: &mut Curves, log_scale: &mut bool, smoothing: &mut f64) {
+/// `log_scale` and `smoothing` are the view options above the plots. The browser has no device
+/// memory figure and no LoRA-PAR, so those two plots are left out there.
+pub fn plots(
+    ui: &mut egui::Ui,
+    c: &mut Curves,
+    log_scale: &mut bool,
+    smoothing: &mut f64,
+    front: Front,
+) {
     ui.horizontal(|ui| {
         ui.checkbox(log_scale, "log scale")
             .on_hover_text("log10 y axis on the loss plot");
@@ -698,6 +705,9 @@ pub fn plots(ui: &mut egui::Ui, c: &mut Curves, log_scale: &mut bool, smoothing:
             h,
             Color32::from_rgb(180, 120, 220),
         );
+        if front == Front::Browser {
+            return;
+        }
         let mem_known = c.mem_mib.iter().any(|p| p[1] > 0.0);
         small_plot(
             &mut cols[1],
