@@ -77,6 +77,28 @@ try {
   async function trainAndCheck(name, method, nativeArgs) {
     const dir = path.join(outDir, name);
     fs.mkdirSync(dir, { recursive: true });
+    // While training: the page thread's event-loop gaps (a 20 ms timer: how long the thread is
+    // ever busy, i.e. how long a click would wait) and the animation-frame gaps (which also wait
+    // for the GPU process, where SwiftShader runs both the training and the UI's WebGL).
+    await page.evaluate(() => {
+      window.__gaps = { timer: [], frame: [] };
+      window.__probeOn = true;
+      let lastT = performance.now();
+      const timer = () => {
+        const t = performance.now();
+        window.__gaps.timer.push(t - lastT);
+        lastT = t;
+        if (window.__probeOn) setTimeout(timer, 20);
+      };
+      setTimeout(timer, 20);
+      let lastF = performance.now();
+      const frame = (t) => {
+        window.__gaps.frame.push(t - lastF);
+        lastF = t;
+        if (window.__probeOn) requestAnimationFrame(frame);
+      };
+      requestAnimationFrame(frame);
+    });
     const started = await page.evaluate(
       ([m, n, b]) => window.wgtune.wgtune_train(m, n, b),
       [method, steps, backend],
@@ -88,6 +110,16 @@ try {
       { timeout: 600_000, polling: 250 },
     );
     st = await page.evaluate(() => window.wgtune_status());
+    const gaps = await page.evaluate(() => { window.__probeOn = false; return window.__gaps; });
+    const stats = (g) => {
+      const v = [...g].sort((a, b) => a - b);
+      const at = (q) => v[Math.min(v.length - 1, Math.floor(v.length * q))] ?? 0;
+      return { n: v.length, median_ms: at(0.5), p99_ms: at(0.99), max_ms: at(1) };
+    };
+    const responsiveness = { timer: stats(gaps.timer), frame: stats(gaps.frame) };
+    for (const [k, v] of Object.entries(responsiveness)) {
+      console.log(`${name}: ${k} gaps while training: ${v.n}, median ${v.median_ms.toFixed(0)} ms, p99 ${v.p99_ms.toFixed(0)} ms, max ${v.max_ms.toFixed(0)} ms`);
+    }
     fs.writeFileSync(path.join(dir, "status.json"), JSON.stringify(st, null, 1));
     check(st.phase === "done", `${name}: finished (${st.error ?? "no error"})`);
     check(st.step === steps && st.losses.length === steps, `${name}: ${steps} steps advanced`);
@@ -141,6 +173,7 @@ try {
       max_abs_diff: maxDiff,
       browser_step_ms: st.step_ms,
       browser_mean_step_ms: st.mean_step_ms,
+      responsiveness,
     };
   }
 
@@ -185,6 +218,28 @@ try {
   check(st.data_examples > 900, `picked alpaca data: ${st.data_examples} examples tokenized in the page`);
   // The page as it looks after the runs (the shared settings panels and curves).
   await page.screenshot({ path: path.join(outDir, "page.png") });
+
+  // A browser without WebGPU (navigator.gpu removed before the app starts, as in browsers that do
+  // not ship it): the page must say so and how to enable it, and fall back to the CPU backend.
+  const plain = await browser.newContext();
+  await plain.addInitScript(() => { delete Navigator.prototype.gpu; });
+  const page2 = await plain.newPage();
+  await page2.goto(url);
+  await page2.waitForFunction(
+    () => window.wgtune_status && ["ready", "error"].includes(window.wgtune_status().phase),
+    null,
+    { timeout: 120_000, polling: 250 },
+  );
+  const st2 = await page2.evaluate(() => window.wgtune_status());
+  const banner = await page2.evaluate(() => {
+    const b = document.getElementById("wgtune_banner");
+    return b && getComputedStyle(b).display !== "none" ? b.textContent : "";
+  });
+  check(st2.phase === "ready" && st2.webgpu === false && st2.backend.startsWith("CPU"),
+    `without WebGPU: ready on ${st2.backend}`);
+  check(/WebGPU is not available/.test(banner) && /enable-unsafe-webgpu/.test(banner),
+    `without WebGPU: the page says how to enable it ("${banner.slice(0, 60)}…")`);
+  await plain.close();
 } finally {
   fs.writeFileSync(path.join(outDir, "report.json"), JSON.stringify(report, null, 1));
   await browser.close();

@@ -79,6 +79,10 @@ where = "CPU backend in the page" if rep["backend"] == "cpu" else f"WebGPU: {rep
 ms = {k: v["browser_mean_step_ms"] for k, v in rep["methods"].items()}
 print(f"browser ({where}): LoRA {ms['lora']:.0f} ms/step, OFTv2 {ms['oft']:.0f} ms/step, "
       f"QLoRA on picked files {ms['picked-qlora']:.0f} ms/step (first step left out)")
+for k, v in rep["methods"].items():
+    t = v["responsiveness"]["timer"]
+    print(f"page thread while training {k}: event-loop gap median {t['median_ms']:.0f} ms, "
+          f"max {t['max_ms']:.0f} ms (first step: kernel compilation and autotuning)")
 if native is not None:
     print(f"native wgpu, same run file: LoRA {native:.0f} ms/step (first step left out)")
 PY

@@ -932,9 +932,20 @@ fn web_options() -> eframe::WebOptions {
     }
 }
 
+// The static constructors the linker collects (cubecl registers its IR dialects with `inventory`).
+unsafe extern "C" {
+    fn __wasm_call_ctors();
+}
+
 /// Entry point: called by the JS glue once the module is instantiated.
 #[wasm_bindgen(start)]
 pub fn start() {
+    // Run the static constructors once, here. Without a call from an export, wasm-ld treats the
+    // module as a "command" and wraps every export in `__wasm_call_ctors`, so each call from JS
+    // (every promise resolution, timer and frame) re-ran cubecl's ~1000 `inventory` constructors:
+    // measured ~2 s of the page thread per training step. See the `inventory` crate's docs.
+    // SAFETY: called once, before any other Rust code of this module runs.
+    unsafe { __wasm_call_ctors() };
     let canvas = web_sys::window()
         .and_then(|w| w.document())
         .and_then(|d| d.get_element_by_id("wgtune_canvas"))
