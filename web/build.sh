@@ -51,6 +51,13 @@ RUSTC=/usr/bin/rustc RUSTDOC=/usr/bin/rustdoc RUSTC_BOOTSTRAP=1 CARGO_TARGET_DIR
     ${JOBS:+-j "$JOBS"}
 echo "build.sh: cargo took $(($(date +%s) - start)) s"
 wasm=$target_dir/wasm32-unknown-unknown/web/wgtune.wasm
+# Static constructors must run once (src/app/web.rs calls __wasm_call_ctors at start); otherwise
+# wasm-ld wraps every export in them ("command_export") and each call from JS re-runs cubecl's
+# constructors, which cost ~2 s of the page's thread per training step.
+if grep -q command_export "$wasm"; then
+    echo "build.sh: $wasm: wasm-ld wrapped the exports in __wasm_call_ctors (command-style module)" >&2
+    exit 1
+fi
 
 rm -rf "$dist"
 mkdir -p "$dist"
