@@ -82,7 +82,7 @@ print(f"browser ({where}): LoRA {ms['lora']:.0f} ms/step, OFTv2 {ms['oft']:.0f} 
 for k, v in rep["methods"].items():
     t = v["responsiveness"]["timer"]
     print(f"page thread while training {k}: event-loop gap median {t['median_ms']:.0f} ms, "
-          f"max {t['max_ms']:.0f} ms (first step: kernel compilation and autotuning)")
+          f"max {t['max_ms']:.0f} ms over {t['n']} ticks (the longest: loading the model and the first step)")
 if native is not None:
     print(f"native wgpu, same run file: LoRA {native:.0f} ms/step (first step left out)")
 PY
