@@ -79,6 +79,6 @@ if [ "${WASM_OPT:-1}" != 0 ] && command -v wasm-opt >/dev/null; then
 fi
 wasm-bindgen --target web --no-typescript --remove-name-section --remove-producers-section \
     --out-dir "$dist" --out-name wgtune "$input"
-cp web/index.html "$dist/"
+cp web/index.html web/worker.js web/subgroups.js "$dist/"
 size=$(stat -c %s "$dist/wgtune_bg.wasm")
 echo "build.sh: $dist/wgtune_bg.wasm: $((size / 1048576)) MiB ($size bytes; cargo's .wasm: $raw bytes)"

@@ -181,6 +181,20 @@ try {
   await trainAndCheck("lora", "lora", []);
   await trainAndCheck("oft", "oft", []);
 
+  // Stop: a long run stopped after a few steps ends after its current step, with the adapter as
+  // it stands ready to download.
+  check(await page.evaluate(([b]) => window.wgtune.wgtune_train("lora", 500, b), [backend]), "stop: a 500-step run started");
+  await page.waitForFunction(() => window.wgtune_status().step >= 2, null, { timeout: 300_000, polling: 100 });
+  await page.evaluate(() => window.wgtune.wgtune_stop());
+  await page.waitForFunction(
+    () => ["done", "error"].includes(window.wgtune_status().phase),
+    null,
+    { timeout: 300_000, polling: 100 },
+  );
+  st = await page.evaluate(() => window.wgtune_status());
+  check(st.phase === "done" && st.step >= 2 && st.step < 500 && st.adapter_ready,
+    `stop: ended after step ${st.step} of 500 with the adapter ready`);
+
   // The page's real file pickers: an HF folder's files (sharded safetensors + index, tied
   // embeddings) and a JSONL file, then QLoRA (NF4 base on WebGPU). Browsers open a file picker
   // only during a user gesture, hence the click on the page first.

@@ -25,26 +25,30 @@ use wasm_bindgen::JsCast;
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::JsFuture;
 
+mod worker;
+pub use worker::wgtune_worker_message;
+use worker::{post_job, post_stop, worker};
+
 /// The demo run: the tiny fixture model with its data (the same file `web/test.sh` trains
 /// natively with `--backend cpu` to compare losses).
-const DEMO_RUN: &str = include_str!("../../web/demo-run.toml");
+const DEMO_RUN: &str = include_str!("../../../web/demo-run.toml");
 const DEMO_DIR: &str = "tests/fixtures/tiny_gqa";
 const DEMO_FILES: [(&str, &[u8]); 3] = [
     (
         "config.json",
-        include_bytes!("../../tests/fixtures/tiny_gqa/config.json"),
+        include_bytes!("../../../tests/fixtures/tiny_gqa/config.json"),
     ),
     (
         "generation_config.json",
-        include_bytes!("../../tests/fixtures/tiny_gqa/generation_config.json"),
+        include_bytes!("../../../tests/fixtures/tiny_gqa/generation_config.json"),
     ),
     (
         "model.safetensors",
-        include_bytes!("../../tests/fixtures/tiny_gqa/model.safetensors"),
+        include_bytes!("../../../tests/fixtures/tiny_gqa/model.safetensors"),
     ),
 ];
 const DEMO_DATA_NAME: &str = "tests/fixtures/tiny_gqa/data.jsonl";
-const DEMO_DATA: &str = include_str!("../../tests/fixtures/tiny_gqa/data.jsonl");
+const DEMO_DATA: &str = include_str!("../../../tests/fixtures/tiny_gqa/data.jsonl");
 /// The run file's `model` for an HF model picked as files (the browser gives no folder path).
 const PICKED_MODEL: &str = "picked-model";
 /// File types the model and data pickers offer.
@@ -299,6 +303,18 @@ pub fn wgtune_train(method: &str, steps: usize, backend: &str) -> bool {
     true
 }
 
+/// Stop the running training after its current step (as the Stop button does); the adapter as
+/// it stands is then ready to download.
+#[wasm_bindgen]
+pub fn wgtune_stop() {
+    request_stop(&mut shared().borrow_mut());
+}
+
+fn request_stop(st: &mut Shared) {
+    st.stop = true;
+    post_stop();
+}
+
 /// Download `adapter` (adapter_config.json and adapter_model.safetensors) or `run` (run.toml), as
 /// the page's buttons do. Returns false when there is nothing to download yet.
 #[wasm_bindgen]
@@ -373,19 +389,32 @@ fn download(name: &str, bytes: &[u8], mime: &str) {
 }
 
 /// Resolve after the browser had a chance to run its own tasks (a `setTimeout(0)`).
+/// (In the page and in the worker: both have `setTimeout` and `performance` on their global.)
 async fn yield_to_browser() {
     let p = js_sys::Promise::new(&mut |resolve, _| {
-        if let Some(w) = web_sys::window() {
-            let _ = w.set_timeout_with_callback_and_timeout_and_arguments_0(&resolve, 0);
+        let global = js_sys::global();
+        if let Ok(f) = js_sys::Reflect::get(&global, &"setTimeout".into())
+            .and_then(|f| f.dyn_into::<js_sys::Function>().map_err(JsValue::from))
+        {
+            let _ = f.call2(&global, &resolve, &0.into());
         }
     });
     let _ = JsFuture::from(p).await;
 }
 
+/// `performance.now()` of the page or the worker.
 fn now_ms() -> f64 {
-    web_sys::window()
-        .and_then(|w| w.performance())
-        .map_or(0.0, |p| p.now())
+    let global = js_sys::global();
+    js_sys::Reflect::get(&global, &"performance".into())
+        .ok()
+        .and_then(|p| {
+            let now: js_sys::Function = js_sys::Reflect::get(&p, &"now".into())
+                .ok()?
+                .dyn_into()
+                .ok()?;
+            now.call0(&p).ok()?.as_f64()
+        })
+        .unwrap_or(0.0)
 }
 
 /// The page's WebGPU adapter as the browser describes it (`GPUAdapterInfo` vendor, architecture,
@@ -486,58 +515,145 @@ fn set_banner(text: &str) {
     }
 }
 
+/// What a training run reports, in the page or from the worker (as JSON through `postMessage`).
+#[derive(serde::Serialize, serde::Deserialize)]
+enum Event {
+    /// A line for the page's log.
+    Log(String),
+    /// Training started: the scheduled number of steps and the backend it runs on.
+    Started { total: usize, backend: String },
+    /// Eval loss before the first step.
+    EvalBefore(f64),
+    /// One step: the console/metrics line (step, loss, lr, grad_norm, tokens_per_s, step_ms,
+    /// eval_loss) and the step's tokens.
+    Step {
+        line: serde_json::Value,
+        tokens: usize,
+    },
+    /// Finished (or stopped): adapter_config.json; the safetensors bytes travel beside it.
+    Done { config: String },
+    /// The run failed.
+    Failed(String),
+}
+
+/// Apply a run's event to the page's state (`weights`: the adapter bytes with [`Event::Done`]).
+fn apply(st: &mut Shared, ev: Event, weights: Vec<u8>) {
+    match ev {
+        Event::Log(l) => st.log(l),
+        Event::Started { total, backend } => {
+            st.total = total;
+            st.phase = "training";
+            st.log(format!("training on {backend}"));
+        }
+        Event::EvalBefore(el) => {
+            st.curves
+                .push(&serde_json::json!({"step": 0, "eval_loss": el}));
+            st.log(format!("eval loss before training: {el:.4}"));
+        }
+        Event::Step { line, tokens } => {
+            web_sys::console::log_1(&format!("wgtune step {line}").into());
+            st.step = line["step"].as_u64().unwrap_or(st.step + 1);
+            st.losses.push(line["loss"].as_f64().unwrap_or(f64::NAN));
+            st.step_ms.push(line["step_ms"].as_f64().unwrap_or(0.0));
+            st.tokens.push(tokens);
+            st.curves.push(&line);
+        }
+        Event::Done { config } => {
+            st.adapter_files = Some((config, weights));
+            st.phase = "done";
+            let summary = st.status();
+            let line = format!(
+                "done: {} steps, final loss {:.4}; download the adapter on the left",
+                st.step,
+                st.losses.last().copied().unwrap_or(f64::NAN)
+            );
+            st.log(line);
+            web_sys::console::log_1(&format!("wgtune done {summary}").into());
+        }
+        Event::Failed(e) => st.fail(e),
+    }
+    st.repaint();
+}
+
+/// One training run's inputs, as the page holds them.
+struct Job {
+    run: RunConfig,
+    model: Rc<ModelChoice>,
+    data: (String, Rc<String>),
+}
+
 fn start_training() {
     let s = shared();
-    {
+    let job = {
         let mut st = s.borrow_mut();
         st.phase = "loading";
         st.step = 0;
         st.losses.clear();
         st.step_ms.clear();
         st.tokens.clear();
-        st.curves = Curves::new(0.6);
+        st.curves = Curves::new(st.smoothing);
         st.error = None;
         st.adapter_files = None;
         st.stop = false;
+        match (st.model.clone(), st.data.clone()) {
+            (Some(model), Some(data)) => {
+                st.run.model = Some(model.name());
+                st.run.data = Some(data.0.clone());
+                Job {
+                    run: st.run.clone(),
+                    model,
+                    data,
+                }
+            }
+            _ => {
+                st.fail("open a model and data first".into());
+                return;
+            }
+        }
+    };
+    // In a worker the page's thread never runs training (kernel compilation, autotuning and
+    // command encoding included); where workers are unavailable the run happens in the page.
+    if let Some(w) = worker() {
+        match post_job(&w, &job) {
+            Ok(()) => return,
+            Err(e) => s.borrow_mut().log(format!(
+                "the training worker did not take the run ({e:?}); training in the page"
+            )),
+        }
     }
     wasm_bindgen_futures::spawn_local(async move {
-        if let Err(e) = train().await {
+        let device = {
             let s = shared();
-            let mut st = s.borrow_mut();
-            st.fail(format!("{e:#}"));
-            st.repaint();
+            let st = s.borrow();
+            st.device.clone().map(|d| (d, st.backend.clone()))
+        };
+        let emit = |ev: Event, weights: Vec<u8>| apply(&mut shared().borrow_mut(), ev, weights);
+        let result = match device {
+            Some(d) => run_job(job, d, &emit, &|| shared().borrow().stop).await,
+            None => Err(anyhow::anyhow!("no device yet")),
+        };
+        if let Err(e) = result {
+            emit(Event::Failed(format!("{e:#}")), Vec::new());
         }
     });
 }
 
-async fn train() -> anyhow::Result<()> {
-    let s = shared();
-    let (run, model, data, device) = {
-        let mut st = s.borrow_mut();
-        let model = st
-            .model
-            .clone()
-            .ok_or_else(|| anyhow::anyhow!("no model loaded"))?;
-        let data = st
-            .data
-            .clone()
-            .ok_or_else(|| anyhow::anyhow!("no data loaded"))?;
-        let device = st
-            .device
-            .clone()
-            .ok_or_else(|| anyhow::anyhow!("no device yet"))?;
-        st.run.model = Some(model.name());
-        st.run.data = Some(data.0.clone());
-        (st.run.clone(), model, data, device)
-    };
+/// Train `job` on `device` (burn's CPU backend instead when the run says `backend = "cpu"`),
+/// reporting through `emit` and ending early when `stop()` says so. Yields to the browser after
+/// every step; all readbacks are awaited.
+async fn run_job(
+    job: Job,
+    (device, backend): (Device, String),
+    emit: &dyn Fn(Event, Vec<u8>),
+    stop: &dyn Fn() -> bool,
+) -> anyhow::Result<()> {
+    let Job { run, model, data } = job;
     yield_to_browser().await;
-    // `backend = "cpu"` in the run (the page's backend choice) trains on burn's CPU backend even
-    // where WebGPU is available.
-    let device = match run.backend.as_deref() {
-        Some("cpu") => Device::flex(),
-        _ => device,
-    }
-    .autodiff();
+    let (device, backend) = match run.backend.as_deref() {
+        Some("cpu") => (Device::flex(), "the CPU backend (burn flex)".to_string()),
+        _ => (device, backend),
+    };
+    let device = device.autodiff();
     let quantize = run.base_quantization();
     let lm = match &*model {
         ModelChoice::Folder(f) => {
@@ -553,24 +669,22 @@ async fn train() -> anyhow::Result<()> {
         )?,
     };
     let (mut session, log) = Session::new(&run, lm, &data.1, &data.0)?;
-    {
-        let mut st = s.borrow_mut();
-        for l in log {
-            st.log(l);
-        }
-        st.total = session.schedule.total;
-        st.phase = "training";
-        st.repaint();
+    for l in log {
+        emit(Event::Log(l), Vec::new());
     }
+    emit(
+        Event::Started {
+            total: session.schedule.total,
+            backend,
+        },
+        Vec::new(),
+    );
     if let Some(el) = session.eval_before().await? {
-        let mut st = s.borrow_mut();
-        st.curves
-            .push(&serde_json::json!({"step": 0, "eval_loss": el}));
-        st.log(format!("eval loss before training: {el:.4}"));
+        emit(Event::EvalBefore(el), Vec::new());
     }
     while !session.done() {
-        if s.borrow().stop {
-            s.borrow_mut().log("stopped".into());
+        if stop() {
+            emit(Event::Log("stopped".into()), Vec::new());
             break;
         }
         let t0 = now_ms();
@@ -583,31 +697,17 @@ async fn train() -> anyhow::Result<()> {
         if let Some(el) = eval {
             line["eval_loss"] = el.into();
         }
-        web_sys::console::log_1(&format!("wgtune step {line}").into());
-        {
-            let mut st = s.borrow_mut();
-            st.step = m.step;
-            st.losses.push(m.loss);
-            st.step_ms.push(ms);
-            st.tokens.push(m.tokens);
-            st.curves.push(&line);
-            st.repaint();
-        }
+        emit(
+            Event::Step {
+                line,
+                tokens: m.tokens,
+            },
+            Vec::new(),
+        );
         yield_to_browser().await;
     }
-    let files = session.adapter_files(&model.name()).await?;
-    let mut st = s.borrow_mut();
-    st.adapter_files = Some(files);
-    st.phase = "done";
-    let summary = st.status();
-    let line = format!(
-        "done: {} steps, final loss {:.4}; download the adapter on the left",
-        st.step,
-        st.losses.last().copied().unwrap_or(f64::NAN)
-    );
-    st.log(line);
-    web_sys::console::log_1(&format!("wgtune done {summary}").into());
-    st.repaint();
+    let (config, weights) = session.adapter_files(&model.name()).await?;
+    emit(Event::Done { config }, weights);
     Ok(())
 }
 
@@ -804,7 +904,7 @@ impl WebApp {
                 start = true;
             }
             if ui.add_enabled(busy, egui::Button::new("■ Stop")).clicked() {
-                st.stop = true;
+                request_stop(st);
             }
             if ui
                 .add_enabled(
@@ -946,6 +1046,10 @@ pub fn start() {
     // measured ~2 s of the page thread per training step. See the `inventory` crate's docs.
     // SAFETY: called once, before any other Rust code of this module runs.
     unsafe { __wasm_call_ctors() };
+    if web_sys::window().is_none() {
+        // The training worker (web/worker.js): it only answers `wgtune_worker_message`.
+        return;
+    }
     let canvas = web_sys::window()
         .and_then(|w| w.document())
         .and_then(|d| d.get_element_by_id("wgtune_canvas"))
