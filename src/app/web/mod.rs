@@ -1,11 +1,12 @@
 //! The browser app (wasm32 only): the desktop app's training core in a tab, on WebGPU.
 //!
 //! Model and data come from the page's file picker (an HF folder's files or one GGUF, and a JSONL
-//! file, read into memory once) or from the tiny demo bundled in the wasm. Training runs as a
-//! `spawn_local` task that awaits every GPU readback and yields to the browser between steps, so
-//! the page stays responsive. Each step is logged to the console as one JSON line, and
-//! `window.wgtune_status()` returns the same state for automation (web/test.sh). Without WebGPU the
-//! page says how to enable it and trains on burn's CPU backend instead.
+//! file, read into memory once) or from the tiny demo bundled in the wasm; the settings panels and
+//! curves are the desktop app's ([`crate::app::ui`]). Training runs in a Web Worker ([`worker`])
+//! or, where none can start, as a `spawn_local` task in the page; either way it awaits every GPU
+//! readback and yields to the browser between steps. Each step is logged to the console as one
+//! JSON line, and `window.wgtune_status()` returns the same state for automation (web/test.sh).
+//! Without WebGPU the page says how to enable it and trains on burn's CPU backend instead.
 
 use crate::app::curves::Curves;
 use crate::app::ui::ERR;
@@ -77,6 +78,17 @@ enum ModelChoice {
 }
 
 impl ModelChoice {
+    /// The files as the model loader reads them (the bytes are shared, not copied).
+    fn source(&self) -> ModelSource<'_> {
+        match self {
+            ModelChoice::Folder(f) => ModelSource::HfFolder(&**f),
+            ModelChoice::Gguf { name, bytes } => ModelSource::Gguf {
+                bytes: bytes.clone(),
+                name: name.clone(),
+            },
+        }
+    }
+
     fn name(&self) -> String {
         match self {
             ModelChoice::Folder(f) => f.name.clone(),
@@ -175,14 +187,7 @@ impl Shared {
 
     /// Use `m` as the model when its files read as a Llama model (else log why and keep the old).
     fn set_model(&mut self, m: ModelChoice) {
-        let files = match &m {
-            ModelChoice::Folder(f) => read_model(ModelSource::HfFolder(&**f)),
-            ModelChoice::Gguf { name, bytes } => read_model(ModelSource::Gguf {
-                bytes: bytes.clone(),
-                name: name.clone(),
-            }),
-        };
-        match files {
+        match read_model(m.source()) {
             Ok(files) => {
                 let info = ModelInfo::from_files(&m.name(), files);
                 self.log(format!(
@@ -655,19 +660,7 @@ async fn run_job(
     };
     let device = device.autodiff();
     let quantize = run.base_quantization();
-    let lm = match &*model {
-        ModelChoice::Folder(f) => {
-            load_model(ModelSource::HfFolder(&**f), &device, quantize.as_deref())?
-        }
-        ModelChoice::Gguf { name, bytes } => load_model(
-            ModelSource::Gguf {
-                bytes: bytes.clone(),
-                name: name.clone(),
-            },
-            &device,
-            quantize.as_deref(),
-        )?,
-    };
+    let lm = load_model(model.source(), &device, quantize.as_deref())?;
     let (mut session, log) = Session::new(&run, lm, &data.1, &data.0)?;
     for l in log {
         emit(Event::Log(l), Vec::new());

@@ -36,15 +36,12 @@ impl WgtuneApp {
             ),
             PathAction::None => {}
         }
-        if self.model_job.is_some() {
-            ui.horizontal(|ui| {
-                ui.spinner();
-                ui.label("reading model files…");
-            });
-        }
-        if let Some(e) = &self.model_err {
-            ui.label(RichText::new(e).color(ERR));
-        }
+        job_state(
+            ui,
+            self.model_job.is_some(),
+            "reading model files…",
+            self.model_err.as_deref(),
+        );
         if let Some(m) = &self.model {
             panels::model_summary(ui, m, &self.run);
         }
@@ -77,15 +74,12 @@ impl WgtuneApp {
             PathAction::None => {}
         }
         panels::eval_split(ui, &mut self.run);
-        if self.data_job.is_some() {
-            ui.horizontal(|ui| {
-                ui.spinner();
-                ui.label("reading data…");
-            });
-        }
-        if let Some(e) = &self.data_err {
-            ui.label(RichText::new(e).color(ERR));
-        }
+        job_state(
+            ui,
+            self.data_job.is_some(),
+            "reading data…",
+            self.data_err.as_deref(),
+        );
         if let Some(d) = &self.data {
             panels::data_summary(ui, d, &self.run);
         }
@@ -101,5 +95,18 @@ impl WgtuneApp {
         if panels::training_panel(ui, &mut self.run, Front::Desktop) {
             self.browse(Pick::Out, "Output folder", Want::Folder);
         }
+    }
+}
+
+/// A load job's progress (spinner + `what` while `running`) and its last error.
+fn job_state(ui: &mut egui::Ui, running: bool, what: &str, err: Option<&str>) {
+    if running {
+        ui.horizontal(|ui| {
+            ui.spinner();
+            ui.label(what);
+        });
+    }
+    if let Some(e) = err {
+        ui.label(RichText::new(e).color(ERR));
     }
 }
