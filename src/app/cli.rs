@@ -5,8 +5,8 @@
 use super::files::{DirSource, model_source, read_blob, write_atomic};
 use crate::backend::{BackendChoice, SelectedBackend, select};
 use crate::io::chat::ChatMessage;
+use crate::model::decoder::causal_lm_loss;
 use crate::model::generate::{SamplingConfig, generate};
-use crate::model::llama::causal_lm_loss;
 use crate::model::loader::{LoadedModel, load_model, read_model};
 use crate::model::read_f32;
 use crate::train::data::{BadLine, DataOptions, Example, LoadReport, Tokenize, load_examples_with};
@@ -138,7 +138,7 @@ pub struct MergeArgs {
 pub struct BenchArgs {
     /// Model to benchmark (HF folder or .gguf); optional with --methods (a random-init model of
     /// the shape flags) and not used with --kernels.
-    #[arg(long, required_unless_present_any = ["kernels", "methods"])]
+    #[arg(long, required_unless_present_any = ["kernels", "methods", "loss_memory"])]
     pub model: Option<PathBuf>,
     /// auto (wgpu on a real GPU, else CPU), wgpu, or cpu.
     #[arg(long, default_value = "auto")]
@@ -150,6 +150,11 @@ pub struct BenchArgs {
     /// f32 matmul on SmolLM2's projection shapes (needs the wgpu backend).
     #[arg(long)]
     pub kernels: bool,
+    /// Loss memory benchmark instead: peak memory of the causal-LM loss + backward on full
+    /// logits vs the chunked loss training uses, for a head of --vocab x --hidden and
+    /// --batch x --seq (default 512) positions.
+    #[arg(long)]
+    pub loss_memory: bool,
     /// Rows of the input (batch · seq) for --kernels.
     #[arg(long, default_value_t = 1024)]
     pub rows: usize,
@@ -427,7 +432,8 @@ fn cmd_inspect(a: InspectArgs) -> Result<()> {
     let c = &files.config;
     println!("model        {}", a.model.display());
     println!("format       {}", files.format);
-    println!("architecture LlamaForCausalLM");
+    println!("architecture {}", c.arch.name());
+    println!("features     {}", c.features().join(", "));
     println!(
         "shape        {} layers, hidden {}, intermediate {}, heads {} (kv {}), head_dim {}, vocab {}",
         c.num_hidden_layers,
@@ -449,11 +455,8 @@ fn cmd_inspect(a: InspectArgs) -> Result<()> {
         c.max_position_embeddings,
         c.tie_word_embeddings
     );
-    println!(
-        "parameters   {} ({:.1} M)",
-        c.num_parameters(),
-        c.num_parameters() as f64 / 1e6
-    );
+    let params = c.num_parameters();
+    println!("parameters   {params} ({:.1} M)", params as f64 / 1e6);
     let mut by_type: BTreeMap<&str, (usize, usize, usize)> = BTreeMap::new();
     for t in files.checkpoint.tensors.values() {
         let e = by_type.entry(t.type_name()).or_default();

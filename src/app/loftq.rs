@@ -8,7 +8,7 @@ use super::quantize::write_nf4_folder;
 use crate::adapters::lora::{Lora, LoraConfig};
 use crate::adapters::{AdapterConfig, AdapterError, Method, for_each_target};
 use crate::model::linear::Adapter;
-use crate::model::loader::{LoadedModel, ModelFiles, build_llama, read_model};
+use crate::model::loader::{LoadedModel, ModelFiles, build_decoder, read_model};
 use crate::model::weights::HostData;
 use crate::quant::bnb::is_quantized_by_default;
 use crate::quant::loftq::{LoftqInit, loftq_init, low_rank_product};
@@ -100,7 +100,7 @@ pub fn load_loftq(
         "LoftQ base (NF4, bitsandbytes layout) written to {}: use it as --model with this adapter",
         base_out.display()
     );
-    let model = build_llama(&files.config, &files.checkpoint, device)?;
+    let model = build_decoder(&files.config, &files.checkpoint, device)?;
     let ModelFiles {
         tokenizer,
         chat_template,
@@ -209,7 +209,7 @@ fn squared_errors(w: &[f32], init: &LoftqInit) -> Result<(f64, f64, f64)> {
 
 /// Attach the LoftQ pairs as LoRA adapters to every target projection of `model`.
 pub fn attach_loftq(
-    model: &mut crate::model::llama::Llama,
+    model: &mut crate::model::decoder::Decoder,
     cfg: &AdapterConfig,
     pairs: &mut BTreeMap<String, (Vec<f32>, Vec<f32>)>,
 ) -> Result<(), AdapterError> {

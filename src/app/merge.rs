@@ -1,52 +1,16 @@
 //! `wgtune merge`: fold a peft adapter into the base weights (`W' = W + s·B·A` for LoRA,
-//! `W' = W·blockdiag(R)ᵀ` for OFT) and write a plain HF folder that any Llama loader reads.
+//! `W' = W·blockdiag(R)ᵀ` for OFT) and write a plain HF folder that any Decoder loader reads.
 
 use super::cli::{MergeArgs, load};
 use super::files::{DirSource, write_atomic};
 use crate::io::peft::load_adapter;
 use crate::model::linear::BaseLinear;
-use crate::model::llama::LlamaConfig;
 use crate::model::read_f32;
 use anyhow::{Context, Result};
 use burn::tensor::Device;
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::path::Path;
-
-/// HF `config.json` for a Llama with these hyper-parameters.
-pub fn hf_config(c: &LlamaConfig) -> serde_json::Value {
-    let mut v = json!({
-        "architectures": ["LlamaForCausalLM"],
-        "model_type": "llama",
-        "vocab_size": c.vocab_size,
-        "hidden_size": c.hidden_size,
-        "intermediate_size": c.intermediate_size,
-        "num_hidden_layers": c.num_hidden_layers,
-        "num_attention_heads": c.num_attention_heads,
-        "num_key_value_heads": c.num_key_value_heads,
-        "head_dim": c.head_dim,
-        "rms_norm_eps": c.rms_norm_eps,
-        "rope_theta": c.rope_theta,
-        "tie_word_embeddings": c.tie_word_embeddings,
-        "max_position_embeddings": c.max_position_embeddings,
-        "hidden_act": "silu",
-        "attention_bias": false,
-        "mlp_bias": false,
-        "torch_dtype": "float32",
-        "bos_token_id": c.bos_token_id,
-        "eos_token_id": if c.eos_token_ids.len() == 1 { json!(c.eos_token_ids[0]) } else { json!(c.eos_token_ids) },
-    });
-    if let Some(s) = &c.rope_scaling {
-        v["rope_scaling"] = json!({
-            "rope_type": "llama3",
-            "factor": s.factor,
-            "low_freq_factor": s.low_freq_factor,
-            "high_freq_factor": s.high_freq_factor,
-            "original_max_position_embeddings": s.original_max_position_embeddings,
-        });
-    }
-    v
-}
 
 /// Write `tokenizer.json` and `tokenizer_config.json` (chat template + special tokens) into `out`.
 pub fn write_tokenizer_files(
@@ -105,13 +69,7 @@ pub fn merge_into(
     }
     let c = &lm.model.config;
     let mut tensors = BTreeMap::new();
-    for (name, t) in lm.model.named_weights() {
-        let dims = t.dims();
-        let shape = if name.ends_with("norm.weight") {
-            vec![dims[1]]
-        } else {
-            dims.to_vec()
-        };
+    for (name, shape, t) in lm.model.named_weights() {
         tensors.insert(name, (shape, pollster::block_on(read_f32(t))?));
     }
     std::fs::create_dir_all(out).with_context(|| format!("{}: cannot create", out.display()))?;
@@ -122,7 +80,7 @@ pub fn merge_into(
     write_atomic(&out.join("model.safetensors"), &bytes)?;
     write_atomic(
         &out.join("config.json"),
-        serde_json::to_string_pretty(&hf_config(c))?.as_bytes(),
+        serde_json::to_string_pretty(&c.arch.hf_config(c))?.as_bytes(),
     )?;
     write_tokenizer_files(lm.tokenizer.as_ref(), lm.chat_template.as_ref(), out)?;
     Ok(tensors.len())

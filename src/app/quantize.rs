@@ -3,7 +3,7 @@
 //! `bitsandbytes`.
 
 use super::files::{DirSource, model_source, write_atomic};
-use super::merge::{hf_config, write_tokenizer_files};
+use super::merge::write_tokenizer_files;
 use crate::model::loader::{ModelFiles, read_model};
 use crate::model::weights::HostData;
 use crate::quant::bnb::{
@@ -100,7 +100,7 @@ pub fn write_nf4_folder(
         &out.join("model.safetensors"),
         &crate::io::safetensors::serialize_raw(&tensors, meta)?,
     )?;
-    let mut config = hf_config(&files.config);
+    let mut config = files.config.arch.hf_config(&files.config);
     config["quantization_config"] = quantization_config(double_quant);
     write_atomic(
         &out.join("config.json"),

@@ -2,6 +2,7 @@
 //! KV-cached generation tokens/s of a model on one backend. Timings live here, never in tests.
 
 pub mod kernels;
+pub mod loss_memory;
 pub mod train_step;
 
 use crate::app::cli::{BenchArgs, load, pick_backend};
@@ -39,6 +40,9 @@ pub fn cmd_bench(a: BenchArgs) -> Result<()> {
     }
     if !a.methods.is_empty() {
         return step_bench(&a, &backend);
+    }
+    if a.loss_memory {
+        return loss_memory_bench(&a, &backend);
     }
     let seq = a.seq.unwrap_or(128);
     let Some(model_path) = &a.model else {
@@ -91,6 +95,35 @@ pub fn cmd_bench(a: BenchArgs) -> Result<()> {
     if let Some(path) = &a.json {
         let json = serde_json::to_vec_pretty(&serde_json::json!({ "results": [r] }))?;
         crate::app::files::write_atomic(path, &json)?;
+    }
+    Ok(())
+}
+
+/// `wgtune bench --loss-memory`: full-logits vs chunked loss memory, printed and as JSON.
+fn loss_memory_bench(a: &BenchArgs, backend: &SelectedBackend) -> Result<()> {
+    let seq = a.seq.unwrap_or(512);
+    let r = loss_memory::bench_loss_memory(&backend.device, a.vocab, a.hidden, a.batch, seq)?;
+    println!(
+        "{} | vocab {} hidden {} batch {} x {}",
+        backend.description, a.vocab, a.hidden, a.batch, seq
+    );
+    println!("loss      rows   peak RSS MiB   device MiB   seconds   value");
+    let mib =
+        |b: Option<u64>| b.map_or("-".to_string(), |b| format!("{:.1}", b as f64 / 1048576.0));
+    for m in &r {
+        println!(
+            "{:<8} {:>5}   {:>12}   {:>10}   {:>7.2}   {:.6}",
+            m.loss,
+            m.rows,
+            mib(m.peak_rss_bytes),
+            mib(m.device_bytes),
+            m.secs,
+            m.value
+        );
+    }
+    if let Some(path) = &a.json {
+        let json = serde_json::json!({ "backend": backend.description, "batch": a.batch, "seq": seq, "results": r });
+        crate::app::files::write_atomic(path, &serde_json::to_vec_pretty(&json)?)?;
     }
     Ok(())
 }

@@ -3,8 +3,8 @@
 //! allocator counters sampled at every phase boundary.
 
 use crate::adapters;
-use crate::model::llama::LlamaConfig;
-use crate::model::loader::{ModelFiles, build_llama, quantize_base};
+use crate::model::config::DecoderConfig;
+use crate::model::loader::{ModelFiles, build_decoder, quantize_base};
 use crate::model::weights::{Checkpoint, HostData, HostTensor};
 use crate::train::data::Batch;
 use crate::train::optim::{AdamWConfig, Schedule};
@@ -74,7 +74,7 @@ fn random(n: usize, seed: u64) -> Vec<f32> {
     (0..n).map(|_| (u() + u() + u()) * 0.04).collect()
 }
 
-/// A random-init Llama of `shape` on the host (norm weights 1), as if read from files.
+/// A random-init Decoder of `shape` on the host (norm weights 1), as if read from files.
 pub fn random_model(shape: &Shape) -> Result<ModelFiles> {
     if shape.heads == 0 || !shape.hidden.is_multiple_of(shape.heads) {
         bail!(
@@ -83,22 +83,16 @@ pub fn random_model(shape: &Shape) -> Result<ModelFiles> {
             shape.heads
         );
     }
-    let config = LlamaConfig {
-        vocab_size: shape.vocab,
-        hidden_size: shape.hidden,
-        intermediate_size: shape.intermediate,
-        num_hidden_layers: shape.layers,
-        num_attention_heads: shape.heads,
-        num_key_value_heads: shape.heads,
-        head_dim: shape.hidden / shape.heads,
-        rms_norm_eps: 1e-5,
-        rope_theta: 10000.0,
-        rope_scaling: None,
-        tie_word_embeddings: false,
-        max_position_embeddings: 4096,
-        bos_token_id: None,
-        eos_token_ids: Vec::new(),
-    };
+    let mut config = DecoderConfig::llama(
+        shape.vocab,
+        shape.hidden,
+        shape.intermediate,
+        shape.layers,
+        shape.heads,
+        shape.heads,
+        shape.hidden / shape.heads,
+    );
+    config.max_position_embeddings = 4096;
     let mut tensors = BTreeMap::new();
     for (i, (name, dims)) in config.expected_tensors().into_iter().enumerate() {
         let n = dims.iter().product();
@@ -210,7 +204,7 @@ pub fn bench_method(
     }
     device.memory_cleanup();
     let autodiff = device.clone().autodiff();
-    let mut model = build_llama(&host.config, &host.checkpoint, &autodiff)?;
+    let mut model = build_decoder(&host.config, &host.checkpoint, &autodiff)?;
     drop(host);
     let base = model.base_summary();
     let adapter = run.adapter().map_err(anyhow::Error::msg)?;

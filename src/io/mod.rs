@@ -85,7 +85,10 @@ pub enum LoadError {
         want: Vec<usize>,
     },
     /// The model is not a supported architecture.
-    #[error("{file}: unsupported architecture `{arch}` (wgtune runs the Llama family)")]
+    #[error(
+        "{file}: unsupported architecture `{arch}` (supported: {})",
+        crate::model::arch::SUPPORTED
+    )]
     Architecture {
         /// File declaring the architecture.
         file: String,

@@ -7,7 +7,7 @@ use crate::adapters::oft::{Oft, OftConfig};
 use crate::adapters::{
     AdapterConfig, Method, TARGET_MODULES, for_each_target, named_parameters, peft_key,
 };
-use crate::model::llama::Llama;
+use crate::model::decoder::Decoder;
 use crate::model::read_f32;
 use crate::model::weights::Checkpoint;
 use burn::tensor::{Tensor, TensorData};
@@ -107,7 +107,7 @@ pub fn parse_config(v: &Value, file: &str) -> Result<AdapterConfig, LoadError> {
 }
 
 /// Load a peft adapter folder onto `model` (replacing any adapters), checking every key and shape.
-pub fn load_adapter(src: &dyn FileSource, model: &mut Llama) -> Result<AdapterConfig, LoadError> {
+pub fn load_adapter(src: &dyn FileSource, model: &mut Decoder) -> Result<AdapterConfig, LoadError> {
     let cfg_value: Value = super::read_json(src, CONFIG)?;
     let cfg = parse_config(&cfg_value, &src.display(CONFIG))?;
     let file = src.display(WEIGHTS);
@@ -217,7 +217,7 @@ pub fn config_json(cfg: &AdapterConfig, base_model: &str) -> Value {
 
 /// The two files of a peft adapter folder: (`adapter_config.json` text, safetensors bytes).
 pub async fn save_adapter(
-    model: &Llama,
+    model: &Decoder,
     cfg: &AdapterConfig,
     base_model: &str,
 ) -> Result<(String, Vec<u8>), String> {

@@ -4,10 +4,11 @@
 //! token ids under llama.cpp's `tokenizer.ggml.*` keys. [`tokenizer_from_gguf`] rebuilds the
 //! `tokenizers::Tokenizer` that transformers builds from the same file
 //! (`transformers/integrations/gguf/gguf_tokenizer_mapping.py` with `GPT2Tokenizer` /
-//! `LlamaTokenizer` and `TokenizersBackend`), so token ids are identical. [`ChatTemplate`]
-//! renders `tokenizer.chat_template` with minijinja the way `apply_chat_template(tokenize=False)`
-//! renders it with Jinja2.
+//! `LlamaTokenizer` / `GemmaTokenizer` and `TokenizersBackend`), so token ids are identical.
+//! [`ChatTemplate`] renders `tokenizer.chat_template` with minijinja the way
+//! `apply_chat_template(tokenize=False)` renders it with Jinja2.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 
 use thiserror::Error;
@@ -36,7 +37,7 @@ pub enum TokenizerError {
     Gguf(#[from] GgufError),
     /// `tokenizer.ggml.model` names a tokenizer kind wgtune cannot rebuild.
     #[error(
-        "GGUF tokenizer model {model:?} (architecture {arch:?}) is not supported; wgtune supports \"gpt2\" (byte-level BPE) and \"llama\" (SentencePiece BPE)"
+        "GGUF tokenizer model {model:?} (architecture {arch:?}) is not supported; wgtune supports \"gpt2\" (byte-level BPE) and \"llama\" (SentencePiece BPE; not for architecture phi3)"
     )]
     UnsupportedModel {
         /// The `tokenizer.ggml.model` value.
@@ -89,9 +90,14 @@ fn pre_tokenizer_split(pre: &str) -> Option<&'static str> {
     })
 }
 
-/// Architectures whose SentencePiece vocabularies transformers rebuilds differently
-/// (`GGUF_SENTENCEPIECE_BUILDERS`); wgtune refuses them rather than produce other ids.
-const SPECIAL_SENTENCEPIECE_ARCHS: &[&str] = &["gemma", "gemma2", "gemma3", "phi3"];
+/// Architectures whose SentencePiece vocabularies transformers hands to `GemmaTokenizer`
+/// (`GGUF_SENTENCEPIECE_BUILDERS[...] = gemma_tokenizer`).
+const GEMMA_ARCHS: &[&str] = &["gemma", "gemma2", "gemma3"];
+
+/// Architectures whose SentencePiece vocabularies transformers rebuilds in yet another way
+/// (`GGUF_SENTENCEPIECE_BUILDERS`: `phi3_tokenizer`); wgtune refuses them rather than produce
+/// other ids.
+const UNSUPPORTED_SENTENCEPIECE_ARCHS: &[&str] = &["phi3"];
 
 /// The `tokenizer.ggml.*` metadata, read and checked once.
 struct GgufVocab<'a> {
@@ -179,10 +185,11 @@ impl<'a> GgufVocab<'a> {
             .zip(self.token_types.iter().copied())
     }
 
-    /// Merge pairs: the file's, or ones derived from the vocabulary and scores (`get_merges`).
-    fn merge_pairs(&self) -> Result<Merges, TokenizerError> {
-        if let Some(merges) = &self.merges {
-            return merges
+    /// The merge pairs the file lists, if it lists any.
+    fn file_merges(&self) -> Option<Result<Merges, TokenizerError>> {
+        let merges = self.merges.as_ref()?;
+        Some(
+            merges
                 .iter()
                 .enumerate()
                 .map(|(i, m)| {
@@ -194,7 +201,14 @@ impl<'a> GgufVocab<'a> {
                         ))),
                     }
                 })
-                .collect();
+                .collect(),
+        )
+    }
+
+    /// Merge pairs: the file's, or ones derived from the vocabulary and scores (`get_merges`).
+    fn merge_pairs(&self) -> Result<Merges, TokenizerError> {
+        if let Some(merges) = self.file_merges() {
+            return merges;
         }
         let scores = self.scores.as_ref().ok_or_else(|| {
             TokenizerError::Invalid(
@@ -207,6 +221,10 @@ impl<'a> GgufVocab<'a> {
 
 /// Merges implied by a SentencePiece vocabulary (transformers `generate_merges` with scores):
 /// every split of a token into two vocabulary tokens, best score first.
+///
+/// Near-linear in the vocabulary: each token is cut at each of its characters and both halves
+/// looked up in a hash map, then the merges are sorted once (Gemma 3: 514 906 merges from 262 144
+/// tokens of at most 31 characters).
 fn generate_merges(tokens: &[&str], scores: &[f64]) -> Merges {
     // Python dicts: the last duplicate wins the value, the first keeps the position.
     let mut index: HashMap<&str, usize> = HashMap::new();
@@ -220,28 +238,52 @@ fn generate_merges(tokens: &[&str], scores: &[f64]) -> Merges {
     for (i, &t) in tokens.iter().enumerate() {
         index.insert(t, i);
     }
-    let mut merges: Vec<(&str, &str, f64)> = Vec::new();
+    /// A candidate merge: left, right, score, and the halves' lengths in code points.
+    struct Candidate<'s> {
+        left: &'s str,
+        right: &'s str,
+        score: f64,
+        lens: (usize, usize),
+    }
+    let mut merges: Vec<Candidate> = Vec::new();
     for &merge in &order {
         let piece_score = score[merge];
-        let mut local: Vec<(&str, &str, f64)> = merge
+        let chars = merge.chars().count();
+        let mut local: Vec<(usize, usize, Candidate)> = merge
             .char_indices()
             .skip(1)
-            .map(|(at, _)| merge.split_at(at))
-            .filter(|(l, r)| index.contains_key(l) && index.contains_key(r))
-            .map(|(l, r)| (l, r, piece_score))
+            .enumerate()
+            .filter_map(|(n, (at, _))| {
+                let (left, right) = merge.split_at(at);
+                let (&il, &ir) = (index.get(left)?, index.get(right)?);
+                let lens = (n + 1, chars - n - 1);
+                let score = piece_score;
+                Some((
+                    il,
+                    ir,
+                    Candidate {
+                        left,
+                        right,
+                        score,
+                        lens,
+                    },
+                ))
+            })
             .collect();
-        local.sort_by_key(|&(l, r, _)| (index[l], index[r]));
-        merges.extend(local);
+        local.sort_by_key(|&(il, ir, _)| (il, ir));
+        merges.extend(local.into_iter().map(|(_, _, c)| c));
     }
     // Stable sort, descending on (score, len(left), len(right)) in code points.
-    let key = |m: &(&str, &str, f64)| (m.0.chars().count(), m.1.chars().count());
     merges.sort_by(|a, b| {
-        let by_score = b.2.partial_cmp(&a.2).unwrap_or(std::cmp::Ordering::Equal);
-        by_score.then_with(|| key(b).cmp(&key(a)))
+        let by_score = b
+            .score
+            .partial_cmp(&a.score)
+            .unwrap_or(std::cmp::Ordering::Equal);
+        by_score.then_with(|| b.lens.cmp(&a.lens))
     });
     merges
         .into_iter()
-        .map(|(l, r, _)| (l.to_string(), r.to_string()))
+        .map(|c| (c.left.to_string(), c.right.to_string()))
         .collect()
 }
 
@@ -268,6 +310,7 @@ fn bpe_model(
     vocab: HashMap<String, u32>,
     merges: Merges,
     byte_fallback: bool,
+    unk: Option<&str>,
 ) -> Result<BPE, TokenizerError> {
     for (a, b) in &merges {
         for t in [a.clone(), b.clone(), format!("{a}{b}")] {
@@ -278,8 +321,13 @@ fn bpe_model(
             }
         }
     }
+    let unk = unk.filter(|u| vocab.contains_key(*u)).map(str::to_string);
     let vocab: Vocab = vocab.into_iter().collect();
     let builder = BPE::builder().vocab_and_merges(vocab, merges);
+    let builder = match unk {
+        Some(u) => builder.unk_token(u),
+        None => builder,
+    };
     // GPT2Tokenizer sets empty affixes explicitly; LlamaTokenizer leaves them unset (same effect).
     let builder = if byte_fallback {
         builder.fuse_unk(true).byte_fallback(true)
@@ -308,7 +356,7 @@ fn byte_level_tokenizer(v: &GgufVocab) -> Result<(Tokenizer, HashSet<String>), T
         })
         .collect();
     let vocab_keys: HashSet<String> = vocab.keys().cloned().collect();
-    let mut tok = Tokenizer::new(bpe_model(vocab, v.merge_pairs()?, false)?);
+    let mut tok = Tokenizer::new(bpe_model(vocab, v.merge_pairs()?, false, None)?);
     tok.with_pre_tokenizer(Some(ByteLevel::new(false, true, true)));
     tok.with_decoder(Some(ByteLevel::default()));
     // GPT2Tokenizer's own unk/bos/eos default.
@@ -330,7 +378,7 @@ fn sentencepiece_tokenizer(v: &GgufVocab) -> Result<(Tokenizer, HashSet<String>)
         .map(|(i, &t)| (t.to_string(), i))
         .collect();
     let vocab_keys: HashSet<String> = vocab.keys().cloned().collect();
-    let mut tok = Tokenizer::new(bpe_model(vocab, v.merge_pairs()?, true)?);
+    let mut tok = Tokenizer::new(bpe_model(vocab, v.merge_pairs()?, true, None)?);
     tok.with_pre_tokenizer(Some(Metaspace::new('▁', PrependScheme::First, false)));
     let replace = Replace::new("▁", " ").map_err(build_err)?;
     tok.with_decoder(Some(DecoderSequence::new(vec![
@@ -341,6 +389,70 @@ fn sentencepiece_tokenizer(v: &GgufVocab) -> Result<(Tokenizer, HashSet<String>)
     ])));
     // LlamaTokenizer's own unk/bos/eos defaults.
     add_specials_in_vocab(&mut tok, &vocab_keys, ["<unk>", "<s>", "</s>"])?;
+    let control: Vec<AddedToken> = v
+        .typed_tokens()
+        .filter(|&(_, ty)| ty == TOKEN_TYPE_CONTROL)
+        .map(|(t, _)| AddedToken::from(t, true).normalized(false))
+        .collect();
+    tok.add_special_tokens(control).map_err(build_err)?;
+    Ok((tok, vocab_keys))
+}
+
+/// Python's `str.isspace` (Unicode `White_Space` plus the separators U+001C..U+001F).
+fn py_isspace(c: char) -> bool {
+    c.is_whitespace() || ('\u{1c}'..='\u{1f}').contains(&c)
+}
+
+/// The `GemmaTokenizer` transformers builds for a SentencePiece vocabulary of architecture gemma,
+/// gemma2 or gemma3 (`gemma_tokenizer`): whitespace-only tokens with a space respelled as `▁`s,
+/// merges (when the file has none) derived with each token's position, not its score, as the
+/// rank; `Replace(" ", "▁")` normalizer, no prefix space, BPE with byte fallback.
+fn gemma_tokenizer(v: &GgufVocab) -> Result<(Tokenizer, HashSet<String>), TokenizerError> {
+    // `"\u2581" * len(t) if " " in t and not t.strip() else t`.
+    let respelled: Vec<Cow<str>> = v
+        .tokens
+        .iter()
+        .map(|&t| {
+            if t.contains(' ') && t.chars().all(py_isspace) {
+                Cow::Owned("▁".repeat(t.chars().count()))
+            } else {
+                Cow::Borrowed(t)
+            }
+        })
+        .collect();
+    let tokens: Vec<&str> = respelled.iter().map(|t| t.as_ref()).collect();
+    let merges = match v.file_merges() {
+        Some(merges) => merges?,
+        None => {
+            // `positions = {token: -index ...}`: earlier tokens merge first.
+            let positions: Vec<f64> = (0..tokens.len()).map(|i| -(i as f64)).collect();
+            generate_merges(&tokens, &positions)
+        }
+    };
+    let vocab: HashMap<String, u32> = (0u32..)
+        .zip(&tokens)
+        .map(|(i, &t)| (t.to_string(), i))
+        .collect();
+    let vocab_keys: HashSet<String> = vocab.keys().cloned().collect();
+    let mut tok = Tokenizer::new(bpe_model(vocab, merges, true, Some("<unk>"))?);
+    tok.with_normalizer(Some(Replace::new(" ", "▁").map_err(build_err)?))
+        .map_err(build_err)?;
+    let split =
+        Split::new(" ", SplitDelimiterBehavior::MergedWithPrevious, false).map_err(build_err)?;
+    tok.with_pre_tokenizer(Some(split));
+    let replace = Replace::new("▁", " ").map_err(build_err)?;
+    tok.with_decoder(Some(DecoderSequence::new(vec![
+        DecoderWrapper::Replace(replace),
+        DecoderWrapper::ByteFallback(ByteFallback::new()),
+        DecoderWrapper::Fuse(Fuse::new()),
+    ])));
+    // GemmaTokenizer's own unk/bos/eos/pad/mask defaults.
+    add_specials_in_vocab(
+        &mut tok,
+        &vocab_keys,
+        ["<unk>", "<bos>", "<eos>", "<pad>", "<mask>"],
+    )?;
+    // Control tokens as the file spells them (a respelled one stays out of the vocabulary).
     let control: Vec<AddedToken> = v
         .typed_tokens()
         .filter(|&(_, ty)| ty == TOKEN_TYPE_CONTROL)
@@ -376,7 +488,8 @@ fn add_specials_in_vocab<'t>(
 /// Builds the Hugging Face tokenizer that transformers builds from this GGUF's vocabulary.
 ///
 /// Supports `tokenizer.ggml.model` "gpt2" (byte-level BPE, e.g. SmolLM2, Llama 3, Qwen2) and
-/// "llama" (SentencePiece BPE with byte fallback, e.g. Llama 2, TinyLlama); others are an error.
+/// "llama" (SentencePiece BPE with byte fallback, e.g. Llama 2, TinyLlama, and Gemma 1-3 through
+/// transformers' `GemmaTokenizer`); others, and "llama" for phi3, are an error.
 pub fn tokenizer_from_gguf(g: &Gguf) -> Result<Tokenizer, TokenizerError> {
     let v = GgufVocab::read(g)?;
     let arch = g.get_opt_str("general.architecture")?.unwrap_or("");
@@ -389,7 +502,11 @@ pub fn tokenizer_from_gguf(g: &Gguf) -> Result<Tokenizer, TokenizerError> {
             let (t, k) = byte_level_tokenizer(&v)?;
             (t, k, false)
         }
-        "llama" if SPECIAL_SENTENCEPIECE_ARCHS.contains(&arch) => return Err(unsupported()),
+        "llama" if UNSUPPORTED_SENTENCEPIECE_ARCHS.contains(&arch) => return Err(unsupported()),
+        "llama" if GEMMA_ARCHS.contains(&arch) => {
+            let (t, k) = gemma_tokenizer(&v)?;
+            (t, k, true)
+        }
         "llama" => {
             let (t, k) = sentencepiece_tokenizer(&v)?;
             // transformers: llama.cpp adds BOS to a SentencePiece vocabulary that does not say otherwise.
@@ -580,6 +697,85 @@ pub(crate) mod tests {
         assert_eq!(ids(&tok, "<|user|>cat"), [1, 272, 267, 270]);
     }
 
+    /// Tiny Gemma 3 vocabulary: Gemma's control tokens, runs of 2 and 3 spaces stored as real
+    /// spaces (user-defined), byte tokens, and scores that rank "ab" above "bc" although "bc"
+    /// comes first in the file (transformers ranks Gemma merges by position).
+    fn gemma_gguf() -> Gguf {
+        let mut tokens: Vec<String> = [
+            "<pad>",
+            "<eos>",
+            "<bos>",
+            "<unk>",
+            "<mask>",
+            "<start_of_turn>",
+            "<end_of_turn>",
+            "\n",
+            "  ",
+            "   ",
+        ]
+        .map(String::from)
+        .to_vec();
+        let mut types = vec![3, 3, 3, 3, 3, 3, 3, 4, 4, 4];
+        tokens.extend((0..=255u8).map(|b| format!("<0x{b:02X}>")));
+        types.extend([6; 256]);
+        let pieces = [
+            "▁", "a", "b", "c", "bc", "ab", "▁a", "▁ab", "h", "i", "hi", "▁hi",
+        ];
+        tokens.extend(pieces.map(String::from));
+        types.extend([1; 12]);
+        let scores = tokens
+            .iter()
+            .map(|t| match t.as_str() {
+                "ab" => -1.0,
+                "bc" => -5.0,
+                t if pieces.contains(&t) => -3.0,
+                _ => 0.0,
+            })
+            .map(MetaValue::F32)
+            .collect();
+        gguf(vec![
+            ("general.architecture", s("gemma3")),
+            ("tokenizer.ggml.model", s("llama")),
+            ("tokenizer.ggml.pre", s("default")),
+            ("tokenizer.ggml.tokens", strs(&tokens)),
+            ("tokenizer.ggml.scores", MetaValue::Array(scores)),
+            ("tokenizer.ggml.token_type", ints(&types)),
+            ("tokenizer.ggml.bos_token_id", MetaValue::U32(2)),
+            ("tokenizer.ggml.eos_token_id", MetaValue::U32(1)),
+            ("tokenizer.ggml.unknown_token_id", MetaValue::U32(3)),
+            ("tokenizer.ggml.padding_token_id", MetaValue::U32(0)),
+            ("tokenizer.ggml.add_bos_token", MetaValue::Bool(true)),
+            ("tokenizer.ggml.add_eos_token", MetaValue::Bool(false)),
+            ("tokenizer.ggml.add_space_prefix", MetaValue::Bool(false)),
+        ])
+    }
+
+    /// Expected ids and decodings from transformers 5.24.0 (a `GemmaTokenizer`), produced as for
+    /// `byte_level_matches_transformers`.
+    #[test]
+    fn gemma_matches_transformers() {
+        let tok = tokenizer_from_gguf(&gemma_gguf()).unwrap();
+        assert_eq!(tok.get_vocab_size(true), 278);
+        let cases: &[(&str, &[u32], &str)] = &[
+            ("abc", &[2, 267, 270], "abc"),
+            (" hi  hi\n", &[2, 277, 8, 276, 7], " hi  hi\n"),
+            (
+                "  ab<start_of_turn>a   \t",
+                &[2, 8, 271, 5, 267, 9, 19],
+                "  aba   \t",
+            ),
+            ("abc<eos>", &[2, 267, 270, 1], "abc"),
+            ("hi  ", &[2, 276, 8], "hi  "),
+            ("é", &[2, 205, 179], "é"),
+        ];
+        for &(text, want, skipped) in cases {
+            let got = ids(&tok, text);
+            assert_eq!(got, want, "{text:?}");
+            assert_eq!(tok.decode(&got, false).unwrap(), format!("<bos>{text}"));
+            assert_eq!(tok.decode(&got, true).unwrap(), skipped);
+        }
+    }
+
     #[test]
     fn generate_merges_orders_like_transformers() {
         // Expected list printed by transformers 5.24.0 `generate_merges(vocab, scores)`.
@@ -605,12 +801,11 @@ pub(crate) mod tests {
         let err = tokenizer_from_gguf(&unsupported).unwrap_err();
         assert!(err.to_string().contains("\"bert\""), "{err}");
 
-        let mut gemma = sentencepiece_gguf();
-        gemma
-            .metadata
-            .insert("general.architecture".into(), s("gemma2"));
+        let mut phi3 = sentencepiece_gguf();
+        phi3.metadata
+            .insert("general.architecture".into(), s("phi3"));
         assert!(matches!(
-            tokenizer_from_gguf(&gemma),
+            tokenizer_from_gguf(&phi3),
             Err(TokenizerError::UnsupportedModel { .. })
         ));
 

@@ -1,8 +1,10 @@
-//! Self-attention as HF's Llama computes it: rotate_half RoPE (with optional Llama-3 frequency
-//! scaling), grouped-query attention, causal softmax, and the KV cache used for generation.
+//! Self-attention as transformers computes it for every supported decoder: optional per-head q/k
+//! RMSNorm, rotate_half RoPE (with optional Llama-3 frequency scaling), grouped-query attention,
+//! causal softmax (optionally through a sliding window), and the KV cache used for generation.
 
+use super::config::RopeScaling;
+use super::decoder::RmsNorm;
 use super::linear::AdaptedLinear;
-use super::llama::RopeScaling;
 use burn::tensor::{Bool, Device, Tensor, TensorData, activation::softmax};
 
 /// RoPE inverse frequencies exactly as transformers computes them in f32, including Llama-3
@@ -73,7 +75,7 @@ pub struct LayerCache {
     kv: Option<(Tensor<4>, Tensor<4>)>,
 }
 
-/// Per-forward context shared by all layers: RoPE tables and the causal mask.
+/// Per-forward context shared by all layers of one kind: RoPE tables and the causal mask.
 pub struct AttnContext {
     /// cos `[1, 1, T, D]`.
     pub cos: Tensor<4>,
@@ -84,14 +86,27 @@ pub struct AttnContext {
 }
 
 impl AttnContext {
-    /// Tables for `len` new positions after `past` cached ones.
-    pub fn new(inv_freq: &[f32], past: usize, len: usize, device: &Device) -> Self {
+    /// Tables for `len` new positions after `past` cached ones; with `window`, query `i` sees
+    /// key `j` only when `0 <= i - j < window` (transformers' sliding-window causal mask).
+    pub fn new(
+        inv_freq: &[f32],
+        past: usize,
+        len: usize,
+        window: Option<usize>,
+        device: &Device,
+    ) -> Self {
         let (cos, sin) = rope_tables(inv_freq, past, len, device);
         let d = inv_freq.len() * 2;
-        let mask = (len > 1).then(|| {
-            let total = past + len;
+        let total = past + len;
+        let windowed = window.is_some_and(|w| total > w);
+        let mask = (len > 1 || windowed).then(|| {
             let blocked: Vec<bool> = (0..len)
-                .flat_map(|i| (0..total).map(move |j| j > past + i))
+                .flat_map(|i| {
+                    (0..total).map(move |j| {
+                        let q = past + i;
+                        j > q || window.is_some_and(|w| q - j >= w)
+                    })
+                })
                 .collect();
             Tensor::<4, Bool>::from_data(TensorData::new(blocked, [1, 1, len, total]), device)
         });
@@ -103,7 +118,8 @@ impl AttnContext {
     }
 }
 
-/// Multi-head self-attention with grouped KV heads.
+/// Multi-head self-attention with grouped KV heads, optional biases (in the projections) and
+/// optional per-head q/k norms.
 #[derive(Debug)]
 pub struct Attention {
     /// Query projection `[H·D, hidden]`.
@@ -120,6 +136,12 @@ pub struct Attention {
     pub n_kv_heads: usize,
     /// Per-head dimension D.
     pub head_dim: usize,
+    /// RMSNorm over each query head before RoPE (Qwen3, Gemma 3).
+    pub q_norm: Option<RmsNorm>,
+    /// RMSNorm over each key head before RoPE.
+    pub k_norm: Option<RmsNorm>,
+    /// Factor on `q·kᵀ` (`head_dim^-½`, or Gemma's `query_pre_attn_scalar^-½`).
+    pub scale: f64,
 }
 
 impl Attention {
@@ -132,14 +154,18 @@ impl Attention {
     ) -> Tensor<3> {
         let [b, t, _] = x.dims();
         let (h, kv, d) = (self.n_heads, self.n_kv_heads, self.head_dim);
-        let heads = |y: Tensor<3>, n: usize| y.reshape([b, t, n, d]).swap_dims(1, 2);
-        let q = apply_rope(heads(self.q_proj.forward(x.clone()), h), &ctx.cos, &ctx.sin);
-        let mut k = apply_rope(
-            heads(self.k_proj.forward(x.clone()), kv),
-            &ctx.cos,
-            &ctx.sin,
-        );
-        let mut v = heads(self.v_proj.forward(x), kv);
+        let heads = |y: Tensor<3>, n: usize, norm: &Option<RmsNorm>| {
+            let y = y.reshape([b, t, n, d]).swap_dims(1, 2);
+            match norm {
+                Some(norm) => norm.forward(y),
+                None => y,
+            }
+        };
+        let q = heads(self.q_proj.forward(x.clone()), h, &self.q_norm);
+        let q = apply_rope(q, &ctx.cos, &ctx.sin);
+        let k = heads(self.k_proj.forward(x.clone()), kv, &self.k_norm);
+        let mut k = apply_rope(k, &ctx.cos, &ctx.sin);
+        let mut v = heads(self.v_proj.forward(x), kv, &None);
         if let Some(cache) = cache {
             if let Some((pk, pv)) = cache.kv.take() {
                 k = Tensor::cat(vec![pk, k], 2);
@@ -159,9 +185,7 @@ impl Attention {
             }
         };
         let (k, v) = (repeat(k), repeat(v));
-        let mut scores = q
-            .matmul(k.swap_dims(2, 3))
-            .mul_scalar((d as f64).powf(-0.5));
+        let mut scores = q.matmul(k.swap_dims(2, 3)).mul_scalar(self.scale);
         if let Some(mask) = &ctx.mask {
             scores = scores.mask_fill(mask.clone().expand([b, h, t, total]), f32::NEG_INFINITY);
         }

@@ -3,7 +3,7 @@
 //! so it runs in a browser tab too).
 
 use super::ModelError;
-use super::llama::{KvCache, Llama};
+use super::decoder::{Decoder, KvCache};
 use super::read_f32;
 use burn::tensor::Tensor;
 use rand::{RngExt, SeedableRng, rngs::StdRng};
@@ -118,7 +118,7 @@ fn secs_since(t: Option<std::time::Instant>) -> f64 {
 
 /// Continue `prompt` by up to `cfg.max_new_tokens` tokens, calling `on_token` for each new one.
 pub async fn generate(
-    model: &Llama,
+    model: &Decoder,
     prompt: &[u32],
     cfg: &SamplingConfig,
     mut on_token: impl FnMut(u32),

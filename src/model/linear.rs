@@ -67,15 +67,18 @@ pub trait Adapter: std::fmt::Debug + Send + Sync {
     /// The merged dense weight `W'` that gives the same outputs without the adapter.
     fn merge(&self, base: &Tensor<2>) -> Tensor<2>;
     /// A copy for inference on the inner (non-autodiff) backend, dropout off. See
-    /// [`crate::model::llama::Llama::without_autodiff`].
+    /// [`crate::model::decoder::Decoder::without_autodiff`].
     fn without_autodiff(&self) -> Box<dyn Adapter>;
 }
 
-/// A base linear with an optional adapter.
+/// A base linear with an optional bias and an optional adapter.
 #[derive(Debug)]
 pub struct AdaptedLinear {
     /// Frozen base weight.
     pub base: BaseLinear,
+    /// Frozen bias `[out]` (Qwen2's q/k/v). Added after the adapter's output, which is where
+    /// peft's base layer adds it for both LoRA (`base(x) + b + lora(x)`) and OFT (`base(R·x) + b`).
+    pub bias: Option<Tensor<1>>,
     /// Adapter in front of / beside the base, if any.
     pub adapter: Option<Box<dyn Adapter>>,
 }
@@ -95,6 +98,7 @@ impl AdaptedLinear {
     pub fn without_autodiff(&self) -> AdaptedLinear {
         AdaptedLinear {
             base: self.base.without_autodiff(),
+            bias: self.bias.clone().map(|b| b.inner()),
             adapter: self.adapter.as_ref().map(|a| a.without_autodiff()),
         }
     }
@@ -103,15 +107,20 @@ impl AdaptedLinear {
     pub fn new(weight: Tensor<2>) -> Self {
         Self {
             base: BaseLinear::Dense(weight),
+            bias: None,
             adapter: None,
         }
     }
 
-    /// Apply the layer (through its adapter when one is attached).
+    /// Apply the layer (through its adapter when one is attached), then its bias.
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        match &self.adapter {
+        let y = match &self.adapter {
             Some(a) => a.forward(x, &self.base),
             None => self.base.forward(x),
+        };
+        match &self.bias {
+            Some(b) => y + b.clone().unsqueeze::<3>(),
+            None => y,
         }
     }
 }

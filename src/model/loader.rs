@@ -1,13 +1,16 @@
 //! From files to a model on a device: HF folders and GGUF files become one [`Checkpoint`] in HF
-//! naming and layout (GGUF tensors renamed, llama.cpp's Q/K row permutation undone), validated
-//! against the config, then uploaded as a [`Llama`].
+//! naming and layout (GGUF tensors renamed by role, the architecture's load quirks undone),
+//! validated against the config, then uploaded as a [`Decoder`].
 
+use super::arch::parse_gguf_config;
 use super::attention::Attention;
+use super::config::DecoderConfig;
+use super::decoder::{Block, Decoder, Mlp, RmsNorm, config_inv_freq};
 use super::linear::{AdaptedLinear, BaseLinear};
-use super::llama::{Block, Llama, LlamaConfig, Mlp, config_inv_freq};
+use super::roles::Role;
 use super::weights::{Checkpoint, HostData, HostTensor};
 use crate::io::chat::ChatTemplate;
-use crate::io::gguf::{Gguf, MetaValue};
+use crate::io::gguf::Gguf;
 use crate::io::tokenizer::tokenizer_from_gguf;
 use crate::io::{Blob, FileSource, LoadError, hf};
 use crate::kernels::qmatmul::PackedWeight;
@@ -30,7 +33,7 @@ pub enum ModelSource<'a> {
 /// Everything read from the model files, still on the host.
 pub struct ModelFiles {
     /// Hyper-parameters.
-    pub config: LlamaConfig,
+    pub config: DecoderConfig,
     /// Weights in HF naming and layout (quantized ones still packed).
     pub checkpoint: Checkpoint,
     /// The tokenizer, when the files carry one.
@@ -44,7 +47,7 @@ pub struct ModelFiles {
 /// A model on a device plus what is needed to talk to it.
 pub struct LoadedModel {
     /// The network.
-    pub model: Llama,
+    pub model: Decoder,
     /// Its tokenizer, if the files had one.
     pub tokenizer: Option<tokenizers::Tokenizer>,
     /// Its chat template, if the files had one.
@@ -53,10 +56,18 @@ pub struct LoadedModel {
 
 /// Read a model's files into host memory (no device needed: `inspect` stops here).
 pub fn read_model(src: ModelSource<'_>) -> Result<ModelFiles, LoadError> {
-    match src {
+    let mut files = match src {
         ModelSource::HfFolder(dir) => read_hf(dir),
         ModelSource::Gguf { bytes, name } => read_gguf((*bytes).as_ref(), &name),
+    }?;
+    // The family's end-of-turn token (Gemma's `<end_of_turn>`) also ends generation.
+    let eot = files.config.arch.end_of_turn_token();
+    if let Some(id) = eot.and_then(|t| files.tokenizer.as_ref()?.token_to_id(t))
+        && !files.config.eos_token_ids.contains(&id)
+    {
+        files.config.eos_token_ids.push(id);
     }
+    Ok(files)
 }
 
 /// Quantize the base on load: every decoder-block linear stored in f32 becomes NF4 (bitsandbytes,
@@ -93,7 +104,7 @@ pub fn load_model(
     if let Some(format) = quantize {
         quantize_base(&mut files, format)?;
     }
-    let model = build_llama(&files.config, &files.checkpoint, device)?;
+    let model = build_decoder(&files.config, &files.checkpoint, device)?;
     Ok(LoadedModel {
         model,
         tokenizer: files.tokenizer,
@@ -139,35 +150,6 @@ fn read_hf(dir: &dyn FileSource) -> Result<ModelFiles, LoadError> {
     })
 }
 
-/// GGUF tensor name → HF name.
-fn hf_name(gguf_name: &str) -> Option<String> {
-    let fixed = match gguf_name {
-        "token_embd.weight" => Some("model.embed_tokens.weight"),
-        "output_norm.weight" => Some("model.norm.weight"),
-        "output.weight" => Some("lm_head.weight"),
-        _ => None,
-    };
-    if let Some(n) = fixed {
-        return Some(n.to_string());
-    }
-    let rest = gguf_name.strip_prefix("blk.")?;
-    let (layer, tail) = rest.split_once('.')?;
-    let layer: usize = layer.parse().ok()?;
-    let module = match tail {
-        "attn_norm.weight" => "input_layernorm",
-        "attn_q.weight" => "self_attn.q_proj",
-        "attn_k.weight" => "self_attn.k_proj",
-        "attn_v.weight" => "self_attn.v_proj",
-        "attn_output.weight" => "self_attn.o_proj",
-        "ffn_norm.weight" => "post_attention_layernorm",
-        "ffn_gate.weight" => "mlp.gate_proj",
-        "ffn_up.weight" => "mlp.up_proj",
-        "ffn_down.weight" => "mlp.down_proj",
-        _ => return None,
-    };
-    Some(format!("model.layers.{layer}.{module}.weight"))
-}
-
 /// Undo llama.cpp's Q/K permutation (`convert_hf_to_gguf.py: permute`) on whole rows: HF row
 /// `h·D + s·D/2 + j` is GGUF row `h·D + 2j + s`. Works on packed rows, so quantized data stays packed.
 fn unpermute_rows(bytes: &[u8], rows: usize, n_head: usize) -> Vec<u8> {
@@ -185,83 +167,6 @@ fn unpermute_rows(bytes: &[u8], rows: usize, n_head: usize) -> Vec<u8> {
     out
 }
 
-fn gguf_config(g: &Gguf, file: &str) -> Result<LlamaConfig, LoadError> {
-    let wrap = |cause| LoadError::Gguf {
-        file: file.into(),
-        cause,
-    };
-    let arch = g.get_str("general.architecture").map_err(wrap)?;
-    if arch != "llama" {
-        return Err(LoadError::Architecture {
-            file: file.into(),
-            arch: arch.into(),
-        });
-    }
-    let uint = |k: &str| -> Result<usize, LoadError> {
-        let v = g.get_u64(&format!("llama.{k}")).map_err(wrap)? as usize;
-        if v == 0 {
-            return Err(LoadError::invalid(
-                file,
-                format!("metadata `llama.{k}` must be positive"),
-            ));
-        }
-        Ok(v)
-    };
-    let hidden = uint("embedding_length")?;
-    let heads = uint("attention.head_count")?;
-    let kv = g
-        .get_opt_u64("llama.attention.head_count_kv")
-        .map_err(wrap)?
-        .map_or(heads, |v| v as usize);
-    let head_dim = g
-        .get_opt_u64("llama.attention.key_length")
-        .map_err(wrap)?
-        .map_or(hidden / heads.max(1), |v| v as usize);
-    if kv == 0 || heads % kv != 0 || head_dim % 2 != 0 {
-        return Err(LoadError::invalid(
-            file,
-            format!("inconsistent heads: {heads} query, {kv} kv, head_dim {head_dim}"),
-        ));
-    }
-    let vocab = match g.metadata.get("tokenizer.ggml.tokens") {
-        Some(MetaValue::Array(a)) => a.len(),
-        _ => g
-            .get_opt_u64("llama.vocab_size")
-            .map_err(wrap)?
-            .unwrap_or(0) as usize,
-    };
-    let tied = g.tensor("output.weight").is_none();
-    let eos = g.get_opt_u64("tokenizer.ggml.eos_token_id").map_err(wrap)?;
-    Ok(LlamaConfig {
-        vocab_size: vocab,
-        hidden_size: hidden,
-        intermediate_size: uint("feed_forward_length")?,
-        num_hidden_layers: uint("block_count")?,
-        num_attention_heads: heads,
-        num_key_value_heads: kv,
-        head_dim,
-        rms_norm_eps: g
-            .get_opt_f64("llama.attention.layer_norm_rms_epsilon")
-            .map_err(wrap)?
-            .unwrap_or(1e-5),
-        rope_theta: g
-            .get_opt_f64("llama.rope.freq_base")
-            .map_err(wrap)?
-            .unwrap_or(10000.0),
-        rope_scaling: None,
-        tie_word_embeddings: tied,
-        max_position_embeddings: g
-            .get_opt_u64("llama.context_length")
-            .map_err(wrap)?
-            .unwrap_or(2048) as usize,
-        bos_token_id: g
-            .get_opt_u64("tokenizer.ggml.bos_token_id")
-            .map_err(wrap)?
-            .map(|x| x as u32),
-        eos_token_ids: eos.map(|x| vec![x as u32]).unwrap_or_default(),
-    })
-}
-
 fn read_gguf(bytes: &[u8], file: &str) -> Result<ModelFiles, LoadError> {
     let wrap = |cause| LoadError::Gguf {
         file: file.into(),
@@ -271,34 +176,25 @@ fn read_gguf(bytes: &[u8], file: &str) -> Result<ModelFiles, LoadError> {
     for info in &g.tensors {
         info.ty().map_err(wrap)?;
     }
-    let config = gguf_config(&g, file)?;
-    if g.metadata.contains_key("llama.rope.scaling.type") {
-        let kind = g.get_str("llama.rope.scaling.type").map_err(wrap)?;
-        if kind != "none" {
-            return Err(LoadError::invalid(
-                file,
-                format!("rope scaling `{kind}` in GGUF is not supported"),
-            ));
-        }
-    }
+    let config = parse_gguf_config(&g, file)?;
+    let arch = config.arch;
     let mut checkpoint = Checkpoint {
         tensors: BTreeMap::new(),
         origin: file.into(),
     };
     for info in &g.tensors {
-        let Some(name) = hf_name(&info.name) else {
+        let Some((role, layer)) = Role::from_gguf(&info.name) else {
             continue;
         };
+        let name = arch.hf_name(role, layer);
         let ty = info.ty().map_err(wrap)?;
         let raw = g.tensor_bytes(bytes, info).map_err(wrap)?;
         let shape: Vec<usize> = info.dims.iter().rev().map(|&d| d as usize).collect();
         let rows = if shape.len() == 2 { shape[0] } else { 1 };
-        let n_head = if name.ends_with("q_proj.weight") {
-            Some(config.num_attention_heads)
-        } else if name.ends_with("k_proj.weight") {
-            Some(config.num_key_value_heads)
-        } else {
-            None
+        let n_head = match role {
+            Role::AttnQ if arch.gguf_permutes_qk() => Some(config.num_attention_heads),
+            Role::AttnK if arch.gguf_permutes_qk() => Some(config.num_key_value_heads),
+            _ => None,
         };
         let packed = match n_head {
             Some(h) if rows % (2 * h) == 0 => unpermute_rows(raw, rows, h),
@@ -312,7 +208,18 @@ fn read_gguf(bytes: &[u8], file: &str) -> Result<ModelFiles, LoadError> {
         };
         let data = match ty {
             crate::quant::ggml::GgmlType::F32 => {
-                HostData::F32(bytemuck::pod_collect_to_vec::<u8, f32>(&packed))
+                let mut v = bytemuck::pod_collect_to_vec::<u8, f32>(&packed);
+                let shift = arch.gguf_norm_shift();
+                if role.is_norm() && shift != 0.0 {
+                    v.iter_mut().for_each(|x| *x -= shift);
+                }
+                HostData::F32(v)
+            }
+            _ if role.is_norm() && arch.gguf_norm_shift() != 0.0 => {
+                return Err(LoadError::invalid(
+                    file,
+                    format!("norm tensor {} must be F32", info.name),
+                ));
             }
             other => HostData::Ggml {
                 ty: other,
@@ -335,79 +242,101 @@ fn read_gguf(bytes: &[u8], file: &str) -> Result<ModelFiles, LoadError> {
 
 /// Check every expected tensor exists with the right shape, then upload to `device`
 /// (block-quantized decoder linears stay packed on GPU devices).
-pub fn build_llama(
-    config: &LlamaConfig,
+pub fn build_decoder(
+    config: &DecoderConfig,
     ckpt: &Checkpoint,
     device: &Device,
-) -> Result<Llama, LoadError> {
-    let take = |name: &str, want: &[usize]| ckpt.take_f32(name, want);
+) -> Result<Decoder, LoadError> {
+    let arch = config.arch;
     let expected: BTreeMap<String, Vec<usize>> = config.expected_tensors().into_iter().collect();
-    let get2 = |name: &str| -> Result<Tensor<2>, LoadError> {
-        let shape = &expected[name];
-        let v = take(name, shape)?;
+    let tensor = |r: Role, layer: Option<usize>| -> Result<(String, Vec<f32>), LoadError> {
+        let name = arch.hf_name(r, layer);
+        let v = ckpt.take_f32(&name, &expected[&name])?;
+        Ok((name, v))
+    };
+    let get2 = |r: Role, layer: Option<usize>| -> Result<Tensor<2>, LoadError> {
+        let (name, v) = tensor(r, layer)?;
+        let shape = &expected[&name];
         Ok(Tensor::from_data(
             TensorData::new(v, [shape[0], shape[1]]),
             device,
         ))
     };
+    let get1 = |r: Role, layer: Option<usize>| -> Result<Tensor<1>, LoadError> {
+        let (_, v) = tensor(r, layer)?;
+        let n = v.len();
+        Ok(Tensor::from_data(TensorData::new(v, [n]), device))
+    };
+    let norm = |r: Role, layer: Option<usize>| -> Result<RmsNorm, LoadError> {
+        Ok(RmsNorm {
+            weight: get1(r, layer)?,
+            style: config.norm_style,
+            eps: config.rms_norm_eps,
+        })
+    };
+    let opt_norm = |on: bool, r: Role, l: usize| on.then(|| norm(r, Some(l))).transpose();
     // Quantized decoder linears stay packed where our WGSL kernels run; elsewhere (the CPU
     // backend) and for layouts the kernel does not read they are dequantized on upload.
     let packed = crate::kernels::has_wgsl_kernels(device);
-    let embed_tokens = get2("model.embed_tokens.weight")?;
+    let embed_tokens = get2(Role::TokenEmbd, None)?;
     let lm_head = if config.tie_word_embeddings {
         None
     } else {
-        Some(get2("lm_head.weight")?)
+        Some(get2(Role::Output, None)?)
     };
     let mut layers = Vec::with_capacity(config.num_hidden_layers);
     for l in 0..config.num_hidden_layers {
-        let p = format!("model.layers.{l}");
-        let lin = |m: &str| -> Result<AdaptedLinear, LoadError> {
-            let name = format!("{p}.{m}.weight");
-            match ckpt.take_packed(&name, &expected[&name]).filter(|_| packed) {
-                Some(host) => Ok(AdaptedLinear {
-                    base: BaseLinear::Packed(PackedWeight::upload(&host, device)),
-                    adapter: None,
-                }),
-                None => get2(&name).map(AdaptedLinear::new),
-            }
+        let lin = |r: Role, bias: Option<Role>| -> Result<AdaptedLinear, LoadError> {
+            let name = arch.hf_name(r, Some(l));
+            let base = match ckpt.take_packed(&name, &expected[&name]).filter(|_| packed) {
+                Some(host) => BaseLinear::Packed(PackedWeight::upload(&host, device)),
+                None => BaseLinear::Dense(get2(r, Some(l))?),
+            };
+            let bias = match bias.filter(|_| config.qkv_bias) {
+                Some(b) => Some(get1(b, Some(l))?),
+                None => None,
+            };
+            Ok(AdaptedLinear {
+                base,
+                bias,
+                adapter: None,
+            })
         };
         let self_attn = Attention {
-            q_proj: lin("self_attn.q_proj")?,
-            k_proj: lin("self_attn.k_proj")?,
-            v_proj: lin("self_attn.v_proj")?,
-            o_proj: lin("self_attn.o_proj")?,
+            q_proj: lin(Role::AttnQ, Some(Role::AttnQBias))?,
+            k_proj: lin(Role::AttnK, Some(Role::AttnKBias))?,
+            v_proj: lin(Role::AttnV, Some(Role::AttnVBias))?,
+            o_proj: lin(Role::AttnO, None)?,
             n_heads: config.num_attention_heads,
             n_kv_heads: config.num_key_value_heads,
             head_dim: config.head_dim,
+            q_norm: opt_norm(config.qk_norm, Role::AttnQNorm, l)?,
+            k_norm: opt_norm(config.qk_norm, Role::AttnKNorm, l)?,
+            scale: config.attention_scale(),
         };
         let mlp = Mlp {
-            gate_proj: lin("mlp.gate_proj")?,
-            up_proj: lin("mlp.up_proj")?,
-            down_proj: lin("mlp.down_proj")?,
-        };
-        let norm = |m: &str| -> Result<Tensor<1>, LoadError> {
-            let name = format!("{p}.{m}.weight");
-            let v = take(&name, &expected[&name])?;
-            Ok(Tensor::from_data(
-                TensorData::new(v, [config.hidden_size]),
-                device,
-            ))
+            gate_proj: lin(Role::FfnGate, None)?,
+            up_proj: lin(Role::FfnUp, None)?,
+            down_proj: lin(Role::FfnDown, None)?,
+            activation: config.activation,
         };
         layers.push(Block {
-            input_layernorm: norm("input_layernorm")?,
+            attn_norm: norm(Role::AttnNorm, Some(l))?,
             self_attn,
-            post_attention_layernorm: norm("post_attention_layernorm")?,
+            attn_post_norm: opt_norm(config.sandwich_norms, Role::AttnPostNorm, l)?,
+            ffn_norm: norm(Role::FfnNorm, Some(l))?,
             mlp,
+            ffn_post_norm: opt_norm(config.sandwich_norms, Role::FfnPostNorm, l)?,
         });
     }
-    let norm_v = take("model.norm.weight", &[config.hidden_size])?;
-    Ok(Llama {
+    let (inv_freq, inv_freq_local) = config_inv_freq(config);
+    Ok(Decoder {
         config: config.clone(),
         embed_tokens,
         layers,
-        norm: Tensor::from_data(TensorData::new(norm_v, [config.hidden_size]), device),
+        norm: norm(Role::OutputNorm, None)?,
         lm_head,
-        inv_freq: config_inv_freq(config),
+        inv_freq,
+        inv_freq_local,
     })
 }

@@ -1,10 +1,16 @@
-//! The Llama on burn, generic over the backend through burn's runtime [`Device`](burn::tensor::Device).
+//! The decoder on burn, generic over the backend through burn's runtime
+//! [`Device`](burn::tensor::Device): one config-driven forward pass ([`decoder`]) for every
+//! supported architecture, whose differences live in [`arch`] and [`config`].
 
+pub mod arch;
 pub mod attention;
+pub mod config;
+pub mod decoder;
 pub mod generate;
 pub mod linear;
-pub mod llama;
 pub mod loader;
+pub mod loss;
+pub mod roles;
 pub mod weights;
 
 /// Errors raised while running a model (not while loading it: see [`crate::io::LoadError`]).

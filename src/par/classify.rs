@@ -13,7 +13,7 @@
 
 use super::{ParError, System};
 use crate::io::chat::{ChatMessage, ChatTemplate};
-use crate::model::llama::Llama;
+use crate::model::decoder::Decoder;
 use crate::model::read_f32;
 use burn::tensor::activation::softmax;
 use serde_json::{Value, json};
@@ -335,7 +335,7 @@ pub async fn vote<V: Voter>(
 /// the model has one) and the options are the first token ids of `A` and `B`.
 pub struct ModelVoter<'a> {
     /// The voter network (any device; no gradients are taken).
-    pub model: &'a Llama,
+    pub model: &'a Decoder,
     /// Its tokenizer.
     pub tokenizer: &'a tokenizers::Tokenizer,
     /// Its chat template.
@@ -347,7 +347,7 @@ pub struct ModelVoter<'a> {
 impl<'a> ModelVoter<'a> {
     /// A voter over `model`; fails when `A` / `B` are not distinct tokens.
     pub fn new(
-        model: &'a Llama,
+        model: &'a Decoder,
         tokenizer: &'a tokenizers::Tokenizer,
         chat_template: Option<&'a ChatTemplate>,
     ) -> Result<Self, ParError> {

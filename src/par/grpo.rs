@@ -11,8 +11,8 @@
 
 use super::ParError;
 use crate::adapters;
+use crate::model::decoder::Decoder;
 use crate::model::generate::{SamplingConfig, generate};
-use crate::model::llama::Llama;
 use crate::model::read_f32;
 use crate::train::trainer::{TrainError, Trainer};
 use burn::tensor::{Int, Tensor, TensorData, activation::log_softmax};
@@ -237,7 +237,7 @@ pub struct RlMetrics {
 
 /// Per-token log-probabilities `[G, L]` of `completions` after the shared `prompt`, and the mask.
 fn completion_logprobs(
-    model: &Llama,
+    model: &Decoder,
     prompt: &[u32],
     completions: &[Vec<u32>],
     pad: u32,
@@ -274,7 +274,7 @@ fn completion_logprobs(
 
 /// Sample `cfg.group` completions of `item` (EOS appended when generation stopped on it).
 pub async fn sample_group(
-    model: &Llama,
+    model: &Decoder,
     item: &RlItem,
     cfg: &GrpoConfig,
     seed: u64,
@@ -458,7 +458,7 @@ pub async fn grpo_step(
 
 /// Greedy accuracy of the model on `items` with `reward` (1 = correct), up to `max_new_tokens`.
 pub async fn greedy_accuracy(
-    model: &Llama,
+    model: &Decoder,
     items: &[RlItem],
     reward: &Reward,
     max_new_tokens: usize,

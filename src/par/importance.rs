@@ -15,8 +15,8 @@ use crate::adapters;
 use crate::adapters::lora::{Lora, LoraConfig};
 use crate::adapters::{AdapterConfig, AdapterError, Method};
 use crate::model::ModelError;
+use crate::model::decoder::Decoder;
 use crate::model::linear::Adapter;
-use crate::model::llama::{Llama, causal_lm_loss};
 use crate::model::read_f32;
 use crate::train::data::Example;
 use burn::tensor::{Tensor, TensorData};
@@ -103,7 +103,7 @@ mod rand_distr_free {
 /// Attach LoRA adapters to the targets with A and B both drawn from N(0, std²) (seeded), the
 /// start of the importance pass. `cfg` must be a LoRA config.
 pub fn normal_init(
-    model: &mut Llama,
+    model: &mut Decoder,
     cfg: &AdapterConfig,
     std: f64,
     seed: u64,
@@ -138,7 +138,7 @@ pub struct GradStats {
 
 /// Per-sample gradients of `examples` (batch 1 each) at the model's current adapter values
 /// (the model must live on an autodiff device). Examples without a scored label are skipped.
-pub async fn grad_stats(model: &mut Llama, examples: &[&Example]) -> Result<GradStats, ParError> {
+pub async fn grad_stats(model: &mut Decoder, examples: &[&Example]) -> Result<GradStats, ParError> {
     adapters::for_each_adapter(model, |a| a.set_training(false));
     adapters::track_gradients(model);
     let named = adapters::named_parameters(model);
@@ -149,8 +149,8 @@ pub async fn grad_stats(model: &mut Llama, examples: &[&Example]) -> Result<Grad
     let mut sum_sq = sum.clone();
     let mut n = 0;
     for ex in examples {
-        let logits = model.forward(std::slice::from_ref(&ex.input_ids), None)?;
-        let loss = match causal_lm_loss(logits, std::slice::from_ref(&ex.labels)) {
+        let ids = std::slice::from_ref(&ex.input_ids);
+        let loss = match model.chunked_loss(ids, std::slice::from_ref(&ex.labels)) {
             Ok((loss, _)) => loss,
             Err(ModelError::NoLabels) => continue,
             Err(e) => return Err(e.into()),

@@ -156,12 +156,14 @@ fn id_list(v: &Value, key: &str) -> Result<Option<Vec<i64>>, String> {
         .map(Some)
 }
 
-/// The end-of-sequence id appended to completions: the first of `<|im_end|>`, `</s>`,
-/// `<|endoftext|>`, `<|eot_id|>`, `<|end_of_text|>` that is a special token of the tokenizer.
+/// The end-of-sequence id appended to completions: the first of `<|im_end|>`, `<end_of_turn>`
+/// (Gemma's end of a turn), `</s>`, `<|endoftext|>`, `<|eot_id|>`, `<|end_of_text|>` that is a
+/// special token of the tokenizer.
 // TODO: prefer the chat template's `eos_token` once `ChatTemplate` exposes it (io/chat.rs).
 fn eos_id(tok: &Tokenize<'_>) -> Option<u32> {
-    const CANDIDATES: [&str; 5] = [
+    const CANDIDATES: [&str; 6] = [
         "<|im_end|>",
+        "<end_of_turn>",
         "</s>",
         "<|endoftext|>",
         "<|eot_id|>",

@@ -6,7 +6,7 @@
 use super::data::Batch;
 use super::optim::{AdamW, AdamWConfig, Moments, Schedule, global_norm, learning_rate};
 use crate::adapters::{self, AdapterConfig};
-use crate::model::llama::{Llama, causal_lm_loss};
+use crate::model::decoder::Decoder;
 use crate::model::{ModelError, read_f32};
 use burn::tensor::{Tensor, TensorData};
 use serde::{Deserialize, Serialize};
@@ -73,7 +73,7 @@ pub enum TrainError {
 /// A model with adapters plus the optimizer state: everything a step and a checkpoint need.
 pub struct Trainer {
     /// The network (on an autodiff device) with adapters attached.
-    pub model: Llama,
+    pub model: Decoder,
     /// The adapters' configuration (for saving in peft format).
     pub adapter: AdapterConfig,
     /// Run settings.
@@ -108,7 +108,7 @@ fn scalar_mismatch(what: &str) -> TrainError {
 
 impl Trainer {
     /// A trainer over `model`, whose adapters must already be attached.
-    pub fn new(model: Llama, adapter: AdapterConfig, config: TrainConfig) -> Self {
+    pub fn new(model: Decoder, adapter: AdapterConfig, config: TrainConfig) -> Self {
         let optimizer = AdamW::new(config.adamw);
         Self {
             model,
@@ -156,8 +156,7 @@ impl Trainer {
         let mut grads: Vec<Option<Tensor<2>>> = vec![None; params.len()];
         let mut loss_total: Option<Tensor<1>> = None;
         for batch in micro {
-            let logits = self.model.forward(&batch.input_ids, None)?;
-            let (loss, count) = causal_lm_loss(logits, &batch.labels)?;
+            let (loss, count) = self.model.chunked_loss(&batch.input_ids, &batch.labels)?;
             let weighted = loss.mul_scalar(count as f64 / scored as f64);
             self.mark(
                 Phase::Forward,
@@ -262,8 +261,7 @@ impl Trainer {
         let model = self.model.without_autodiff();
         let (mut total, mut count) = (0.0f64, 0usize);
         for b in batches {
-            let logits = model.forward(&b.input_ids, None)?;
-            match causal_lm_loss(logits, &b.labels) {
+            match model.chunked_loss(&b.input_ids, &b.labels) {
                 Ok((loss, n)) => {
                     total += read_f32(loss.detach()).await?[0] as f64 * n as f64;
                     count += n;

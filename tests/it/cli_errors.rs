@@ -41,13 +41,60 @@ fn assert_fails(args: &[&str], needles: &[&str]) {
 
 /// A copy of the tiny fixture model in a temp dir, to damage.
 fn tiny_copy() -> (tempfile::TempDir, PathBuf) {
+    fixture_copy("tiny_gqa")
+}
+
+/// A copy of fixture model `name` (config.json + model.safetensors) in a temp dir.
+fn fixture_copy(name: &str) -> (tempfile::TempDir, PathBuf) {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("model");
     std::fs::create_dir(&dir).unwrap();
     for f in ["config.json", "model.safetensors"] {
-        std::fs::copy(fixture("tiny_gqa").join(f), dir.join(f)).unwrap();
+        std::fs::copy(fixture(name).join(f), dir.join(f)).unwrap();
     }
     (tmp, dir)
+}
+
+/// Edit a copied model's config.json as JSON.
+fn edit_config(dir: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
+    let path = dir.join("config.json");
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    edit(&mut v);
+    std::fs::write(&path, v.to_string()).unwrap();
+}
+
+/// Architectures: an unsupported one names itself and the supported list; a Gemma 3 config
+/// without `head_dim` names the field; a Qwen3 q_norm of the wrong size names the tensor.
+#[test]
+fn architecture_errors() {
+    let (_t, dir) = fixture_copy("tiny_gqa");
+    edit_config(&dir, |v| {
+        v["architectures"] = serde_json::json!(["Phi3ForCausalLM"])
+    });
+    assert_fails(
+        &["inspect", "--model", s(&dir)],
+        &["config.json", "Phi3ForCausalLM", "Gemma3ForCausalLM"],
+    );
+    let (_t, dir) = fixture_copy("arch/gemma3");
+    edit_config(&dir, |v| {
+        v.as_object_mut().unwrap().remove("head_dim");
+    });
+    assert_fails(
+        &["inspect", "--model", s(&dir)],
+        &["config.json", "head_dim"],
+    );
+    let (_t, dir) = fixture_copy("arch/qwen3");
+    rewrite(&dir, |m| {
+        let (shape, v) = m.get_mut("model.layers.1.self_attn.q_norm.weight").unwrap();
+        shape[0] -= 2;
+        v.truncate(shape[0]);
+    });
+    let data = fixture("tiny_gqa/data.jsonl");
+    assert_fails(
+        &eval_args(s(&dir), s(&data), &[]),
+        &["model.layers.1.self_attn.q_norm.weight", "shape"],
+    );
 }
 
 fn s(p: &Path) -> &str {

@@ -3,14 +3,15 @@
 
 use crate::common::*;
 use burn::tensor::Tensor;
+use wgtune::model::decoder::{Decoder, causal_lm_loss};
 use wgtune::model::linear::BaseLinear;
-use wgtune::model::llama::{Llama, causal_lm_loss};
 use wgtune::model::read_f32;
+use wgtune::model::roles::Role;
 
 const TOL: f32 = 1e-4;
 
 /// A tracked leaf: norms are vectors, the rest matrices.
-enum Leaf {
+pub enum Leaf {
     Vector(Tensor<1>),
     Matrix(Tensor<2>),
 }
@@ -25,41 +26,49 @@ impl Leaf {
 }
 
 /// Mark the base weights the fixture has gradients for as trainable; return them by HF name.
-fn track(model: &mut Llama, names: &[&str]) -> Vec<(String, Leaf)> {
+/// Names are matched through the model's own role table, so every architecture works.
+pub fn track(model: &mut Decoder, names: &[&str]) -> Vec<(String, Leaf)> {
+    let arch = model.config.arch;
     let mut out = Vec::new();
     for &name in names {
-        let t = match name {
-            "model.embed_tokens.weight" => {
-                model.embed_tokens = model.embed_tokens.clone().require_grad();
-                Leaf::Matrix(model.embed_tokens.clone())
-            }
-            "lm_head.weight" => {
-                let h = model.lm_head.take().unwrap().require_grad();
-                model.lm_head = Some(h.clone());
-                Leaf::Matrix(h)
-            }
-            "model.norm.weight" => {
-                model.norm = model.norm.clone().require_grad();
-                Leaf::Vector(model.norm.clone())
-            }
-            _ => {
-                let rest = name.strip_prefix("model.layers.").unwrap();
-                let (l, tail) = rest.split_once('.').unwrap();
-                let block = &mut model.layers[l.parse::<usize>().unwrap()];
+        let t = if name == arch.hf_name(Role::TokenEmbd, None) {
+            model.embed_tokens = model.embed_tokens.clone().require_grad();
+            Leaf::Matrix(model.embed_tokens.clone())
+        } else if name == arch.hf_name(Role::Output, None) {
+            let h = model.lm_head.take().unwrap().require_grad();
+            model.lm_head = Some(h.clone());
+            Leaf::Matrix(h)
+        } else if name == arch.hf_name(Role::OutputNorm, None) {
+            model.norm.weight = model.norm.weight.clone().require_grad();
+            Leaf::Vector(model.norm.weight.clone())
+        } else {
+            let rest = name.strip_prefix("model.layers.").unwrap();
+            let (l, tail) = rest.split_once('.').unwrap();
+            let l: usize = l.parse().unwrap();
+            let block = &mut model.layers[l];
+            let is = |r: Role| arch.hf_name(r, Some(l)) == name;
+            if let Some((_, n)) = block.norms_mut().into_iter().find(|(r, _)| is(*r)) {
+                n.weight = n.weight.clone().require_grad();
+                Leaf::Vector(n.weight.clone())
+            } else if let Some(module) = tail.strip_suffix(".bias") {
+                let (_, lin) = block
+                    .linears_mut()
+                    .into_iter()
+                    .find(|(n, _)| *n == module)
+                    .unwrap();
+                let b = lin.bias.take().unwrap().require_grad();
+                lin.bias = Some(b.clone());
+                Leaf::Vector(b)
+            } else {
                 let module = tail.strip_suffix(".weight").unwrap();
-                if module == "input_layernorm" {
-                    block.input_layernorm = block.input_layernorm.clone().require_grad();
-                    Leaf::Vector(block.input_layernorm.clone())
-                } else {
-                    let (_, lin) = block
-                        .linears_mut()
-                        .into_iter()
-                        .find(|(n, _)| *n == module)
-                        .unwrap();
-                    let w = lin.base.dense().require_grad();
-                    lin.base = BaseLinear::Dense(w.clone());
-                    Leaf::Matrix(w)
-                }
+                let (_, lin) = block
+                    .linears_mut()
+                    .into_iter()
+                    .find(|(n, _)| *n == module)
+                    .unwrap_or_else(|| panic!("no tensor {name} in the model"));
+                let w = lin.base.dense().require_grad();
+                lin.base = BaseLinear::Dense(w.clone());
+                Leaf::Matrix(w)
             }
         };
         out.push((name.to_string(), t));
@@ -67,7 +76,8 @@ fn track(model: &mut Llama, names: &[&str]) -> Vec<(String, Leaf)> {
     out
 }
 
-fn check_fixture(name: &str, backend: &str) {
+/// Compare a transformers fixture folder's logits, loss and base-weight gradients with ours.
+pub fn check_fixture(name: &str, backend: &str) {
     let dir = fixture(name);
     let expected = read_tensors(&dir.join("expected.safetensors"));
     let (ids_shape, ids) = &expected.i64["input_ids"];

@@ -1,10 +1,12 @@
 //! Integration tests: the engine against reference fixtures from transformers (tests/fixtures/gen.py),
 //! the real SmolLM2 GGUF, and the CLI's handling of bad input.
 
+mod arch_fixtures;
 mod bench;
 mod bnb_quantize;
 mod cli_errors;
 mod common;
+mod gemma_tokenizer;
 mod gui;
 mod hf_fixtures;
 mod kernels;

@@ -7,7 +7,7 @@ use crate::common::*;
 use wgtune::adapters::{self, named_parameters};
 use wgtune::app::files::DirSource;
 use wgtune::io::peft::{load_adapter, save_adapter};
-use wgtune::model::llama::causal_lm_loss;
+use wgtune::model::decoder::causal_lm_loss;
 use wgtune::model::read_f32;
 use wgtune::train::data::Batch;
 use wgtune::train::optim::{AdamWConfig, Schedule};
@@ -16,7 +16,12 @@ use wgtune::train::trainer::{TrainConfig, Trainer};
 const TOL: f32 = 1e-4;
 
 fn batch() -> Batch {
-    let exp = read_tensors(&fixture("tiny_gqa/expected.safetensors"));
+    batch_of("tiny_gqa")
+}
+
+/// The input ids and labels of the base fixture `base` (its `expected.safetensors`).
+pub fn batch_of(base: &str) -> Batch {
+    let exp = read_tensors(&fixture(&format!("{base}/expected.safetensors")));
     let (shape, ids) = &exp.i64["input_ids"];
     let labels = rows(shape, &exp.i64["labels"].1);
     let input_ids: Vec<Vec<u32>> = rows(shape, ids)
@@ -36,10 +41,11 @@ fn batch() -> Batch {
     }
 }
 
-/// Load `base` with the case's peft adapter on `backend` and check logits, loss and every adapter
-/// gradient against peft's.
-fn check_grads(
+/// Load `base` with the peft adapter of fixture folder `case` (`peft/lora`) on `backend` and
+/// check logits, loss and every adapter gradient against peft's, on the batch of fixture `data`.
+pub fn check_grads(
     base: &str,
+    data: &str,
     case: &str,
     backend: &str,
 ) -> (
@@ -48,13 +54,13 @@ fn check_grads(
     Tensors,
     Batch,
 ) {
-    let dir = fixture(&format!("peft/{case}"));
+    let dir = fixture(case);
     let want = read_tensors(&dir.join("expected.safetensors"));
     let device = device(backend).autodiff();
     let mut lm = load_hf(&fixture(base), &device);
     let cfg = load_adapter(&DirSource::new(dir.join("adapter")), &mut lm.model).unwrap();
     adapters::track_gradients(&mut lm.model);
-    let b = batch();
+    let b = batch_of(data);
     let logits = lm.model.forward(&b.input_ids, None).unwrap();
     let (loss, _) = causal_lm_loss(logits.clone(), &b.labels).unwrap();
     let grads = loss.backward();
@@ -82,7 +88,7 @@ fn check_grads(
 }
 
 fn check_case(case: &str, backend: &str) {
-    let (lm, cfg, want, b) = check_grads("tiny_gqa", case, backend);
+    let (lm, cfg, want, b) = check_grads("tiny_gqa", "tiny_gqa", &format!("peft/{case}"), backend);
     let device = lm.model.embed_tokens.device();
 
     // Merged weights give the adapter-on logits.
@@ -153,7 +159,7 @@ fn check_case(case: &str, backend: &str) {
 fn qlora_and_qoft_on_the_bnb_nf4_base() {
     for backend in ["cpu", "wgpu"] {
         for case in ["qlora", "qoft"] {
-            let (lm, ..) = check_grads("bnb/nf4", case, backend);
+            let (lm, ..) = check_grads("bnb/nf4", "tiny_gqa", &format!("peft/{case}"), backend);
             let packed = lm.model.layers[0]
                 .linears()
                 .into_iter()

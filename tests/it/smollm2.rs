@@ -6,8 +6,8 @@ use serde_json::Value;
 use std::sync::OnceLock;
 use wgtune::app::files::{DirSource, model_source};
 use wgtune::io::chat::ChatMessage;
+use wgtune::model::decoder::causal_lm_loss;
 use wgtune::model::generate::{SamplingConfig, generate};
-use wgtune::model::llama::causal_lm_loss;
 use wgtune::model::loader::{LoadedModel, ModelFiles, load_model, read_model};
 use wgtune::model::read_f32;
 

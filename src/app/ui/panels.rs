@@ -50,13 +50,17 @@ pub fn model_summary(ui: &mut egui::Ui, m: &ModelInfo, run: &RunConfig) {
     egui::Grid::new("model_summary").num_columns(2).show(ui, |ui| {
         ui.label("architecture");
         ui.label(format!(
-            "Llama: {} layers, hidden {}, heads {} (kv {}), vocab {}",
+            "{}: {} layers, hidden {}, heads {} (kv {}), vocab {}",
+            c.arch.name(),
             c.num_hidden_layers,
             c.hidden_size,
             c.num_attention_heads,
             c.num_key_value_heads,
             c.vocab_size
         ));
+        ui.end_row();
+        ui.label("features");
+        ui.label(c.features().join(", "));
         ui.end_row();
         ui.label("parameters");
         ui.label(format!(

@@ -4,7 +4,7 @@
 
 use crate::adapters::{AdapterConfig, Method};
 use crate::io::chat::ChatTemplate;
-use crate::model::llama::LlamaConfig;
+use crate::model::config::DecoderConfig;
 use crate::train::data::{BadLine, DataOptions, Tokenize, load_examples_with, parse_records};
 use crate::train::run::RunConfig;
 use serde::{Deserialize, Serialize};
@@ -198,7 +198,7 @@ pub struct ModelInfo {
     /// Path it was read from.
     pub path: String,
     /// Hyper-parameters.
-    pub config: LlamaConfig,
+    pub config: DecoderConfig,
     /// `hf-safetensors` or `gguf vN`.
     pub format: String,
     /// Tensors grouped by storage type.
@@ -258,7 +258,7 @@ impl ModelInfo {
 }
 
 /// `(name, in_features, out_features)` of each decoder projection of `c`.
-pub fn projections(c: &LlamaConfig) -> [(&'static str, usize, usize); 7] {
+pub fn projections(c: &DecoderConfig) -> [(&'static str, usize, usize); 7] {
     let (h, i) = (c.hidden_size, c.intermediate_size);
     let q = c.num_attention_heads * c.head_dim;
     let kv = c.num_key_value_heads * c.head_dim;
@@ -275,7 +275,7 @@ pub fn projections(c: &LlamaConfig) -> [(&'static str, usize, usize); 7] {
 
 /// Trainable adapter parameters of `a` on a model shaped `c`, or why the adapter does not fit
 /// (OFT block sizes are checked per projection with [`crate::adapters::oft::OftConfig::block_size_for`]).
-pub fn trainable_params(c: &LlamaConfig, a: &AdapterConfig) -> Result<usize, String> {
+pub fn trainable_params(c: &DecoderConfig, a: &AdapterConfig) -> Result<usize, String> {
     let mut per_layer = 0usize;
     for (name, inf, outf) in projections(c) {
         if !a.target_modules.iter().any(|t| t == name) {
@@ -297,7 +297,7 @@ pub fn trainable_params(c: &LlamaConfig, a: &AdapterConfig) -> Result<usize, Str
 /// quantized, everything else f32), the adapter with its gradient and AdamW moments, and the
 /// activations autodiff keeps for one micro-batch.
 pub fn memory_estimate(
-    c: &LlamaConfig,
+    c: &DecoderConfig,
     quantized: bool,
     trainable: usize,
     batch: usize,

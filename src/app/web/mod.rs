@@ -185,7 +185,7 @@ impl Shared {
         }
     }
 
-    /// Use `m` as the model when its files read as a Llama model (else log why and keep the old).
+    /// Use `m` as the model when its files read as a supported model (else log why and keep the old).
     fn set_model(&mut self, m: ModelChoice) {
         match read_model(m.source()) {
             Ok(files) => {

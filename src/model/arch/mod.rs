@@ -1,0 +1,573 @@
+//! The edges where architectures differ: reading `config.json` and GGUF hyper-parameters into a
+//! [`DecoderConfig`], the HF names of roles that differ from the Llama convention, load quirks of
+//! GGUF files, and the `config.json` written by `merge`. One small file per architecture; the
+//! shared readers below hold what they have in common. Adding an architecture means one more file
+//! and one more [`Arch`] variant; nothing in adapters, training or the front ends changes.
+
+mod gemma3;
+mod llama;
+mod mistral;
+mod qwen2;
+mod qwen3;
+
+use super::config::{AttnKind, DecoderConfig, RopeScaling};
+use super::roles::Role;
+use crate::io::LoadError;
+use crate::io::gguf::{Gguf, GgufError, MetaValue};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+/// A supported decoder architecture.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum Arch {
+    /// `LlamaForCausalLM` (also SmolLM2, TinyLlama); GGUF `llama`.
+    #[default]
+    Llama,
+    /// `MistralForCausalLM`: Llama plus an optional sliding window. llama.cpp converts it to a
+    /// `llama` GGUF, which has no window (so it reads back as Llama).
+    Mistral,
+    /// `Qwen2ForCausalLM` (Qwen2, Qwen2.5): q/k/v biases; GGUF `qwen2`.
+    Qwen2,
+    /// `Qwen3ForCausalLM`: per-head q/k RMSNorm, explicit head_dim; GGUF `qwen3`.
+    Qwen3,
+    /// `Gemma3ForCausalLM` (text): (1+w) norms, sandwich norms, q/k norm, GELU-tanh, scaled
+    /// embeddings, 5:1 sliding/global layers; GGUF `gemma3`.
+    Gemma3,
+}
+
+/// The list shown when a model's architecture is refused.
+pub const SUPPORTED: &str = "LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, \
+    Qwen3ForCausalLM, Gemma3ForCausalLM; GGUF llama, qwen2, qwen3, gemma3";
+
+impl Arch {
+    /// Short name (`qwen2`), as shown by `inspect`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Arch::Llama => "llama",
+            Arch::Mistral => "mistral",
+            Arch::Qwen2 => "qwen2",
+            Arch::Qwen3 => "qwen3",
+            Arch::Gemma3 => "gemma3",
+        }
+    }
+
+    /// The architecture an HF `architectures[0]` (or `model_type`) names.
+    pub fn from_hf(class: &str) -> Option<Arch> {
+        Some(match class {
+            "LlamaForCausalLM" | "llama" => Arch::Llama,
+            "MistralForCausalLM" | "mistral" => Arch::Mistral,
+            "Qwen2ForCausalLM" | "qwen2" => Arch::Qwen2,
+            "Qwen3ForCausalLM" | "qwen3" => Arch::Qwen3,
+            "Gemma3ForCausalLM" | "gemma3_text" => Arch::Gemma3,
+            _ => return None,
+        })
+    }
+
+    /// The architecture a GGUF `general.architecture` names.
+    pub fn from_gguf(name: &str) -> Option<Arch> {
+        Some(match name {
+            "llama" => Arch::Llama,
+            "qwen2" => Arch::Qwen2,
+            "qwen3" => Arch::Qwen3,
+            "gemma3" => Arch::Gemma3,
+            _ => return None,
+        })
+    }
+
+    /// The full HF name of role `r` (in layer `layer` for block roles).
+    pub fn hf_name(self, r: Role, layer: Option<usize>) -> String {
+        let suffix = match self {
+            Arch::Gemma3 => gemma3::hf_name(r),
+            _ => None,
+        }
+        .unwrap_or_else(|| r.hf_default());
+        match layer {
+            Some(l) if r.in_block() => format!("model.layers.{l}.{suffix}"),
+            _ => suffix.to_string(),
+        }
+    }
+
+    /// Parse an HF `config.json` (already known to name this architecture).
+    fn read_hf(self, j: &Json) -> Result<DecoderConfig, LoadError> {
+        match self {
+            Arch::Llama => llama::read_hf(j),
+            Arch::Mistral => mistral::read_hf(j),
+            Arch::Qwen2 => qwen2::read_hf(j),
+            Arch::Qwen3 => qwen3::read_hf(j),
+            Arch::Gemma3 => gemma3::read_hf(j),
+        }
+    }
+
+    /// Read the `{arch}.…` hyper-parameters of a GGUF (already known to be this architecture).
+    fn read_gguf(self, g: &GgufMeta) -> Result<DecoderConfig, LoadError> {
+        match self {
+            Arch::Llama | Arch::Mistral => llama::read_gguf(g),
+            Arch::Qwen2 => qwen2::read_gguf(g),
+            Arch::Qwen3 => qwen3::read_gguf(g),
+            Arch::Gemma3 => gemma3::read_gguf(g),
+        }
+    }
+
+    /// The `config.json` transformers loads this model from (used by `merge`).
+    pub fn hf_config(self, c: &DecoderConfig) -> Value {
+        match self {
+            Arch::Llama => llama::hf_config(c),
+            Arch::Mistral => mistral::hf_config(c),
+            Arch::Qwen2 => qwen2::hf_config(c),
+            Arch::Qwen3 => qwen3::hf_config(c),
+            Arch::Gemma3 => gemma3::hf_config(c),
+        }
+    }
+
+    /// llama.cpp's converter permutes Q/K rows (for its interleaved RoPE) only for `llama`.
+    pub fn gguf_permutes_qk(self) -> bool {
+        matches!(self, Arch::Llama | Arch::Mistral)
+    }
+
+    /// What llama.cpp's converter adds to every norm gain (Gemma stores `1 + w`).
+    pub fn gguf_norm_shift(self) -> f32 {
+        match self {
+            Arch::Gemma3 => 1.0,
+            _ => 0.0,
+        }
+    }
+
+    /// A token that ends an assistant turn and also ends generation, when the family has one
+    /// besides its EOS (`<end_of_turn>` for Gemma).
+    pub fn end_of_turn_token(self) -> Option<&'static str> {
+        match self {
+            Arch::Gemma3 => Some("<end_of_turn>"),
+            _ => None,
+        }
+    }
+}
+
+/// Parse and validate an HF `config.json`; `file` names it in errors.
+pub fn parse_hf_config(v: &Value, file: &str) -> Result<DecoderConfig, LoadError> {
+    let class = v
+        .get("architectures")
+        .and_then(|a| a.get(0))
+        .and_then(Value::as_str)
+        .or_else(|| v.get("model_type").and_then(Value::as_str))
+        .unwrap_or("<none>");
+    let arch = Arch::from_hf(class).ok_or_else(|| LoadError::Architecture {
+        file: file.into(),
+        arch: class.into(),
+    })?;
+    let c = arch.read_hf(&Json { v, file })?;
+    validate(&c, file)?;
+    Ok(c)
+}
+
+/// Read and validate a GGUF's hyper-parameters; `file` names it in errors.
+pub fn parse_gguf_config(g: &Gguf, file: &str) -> Result<DecoderConfig, LoadError> {
+    let meta = GgufMeta {
+        g,
+        file,
+        arch: g
+            .get_str("general.architecture")
+            .map_err(|cause| gguf_err(file, cause))?,
+    };
+    let arch = Arch::from_gguf(meta.arch).ok_or_else(|| LoadError::Architecture {
+        file: file.into(),
+        arch: meta.arch.into(),
+    })?;
+    if let Some(kind) = meta.opt_str("rope.scaling.type")?
+        && kind != "none"
+    {
+        return Err(LoadError::invalid(
+            file,
+            format!("rope scaling `{kind}` in GGUF is not supported"),
+        ));
+    }
+    let c = arch.read_gguf(&meta)?;
+    validate(&c, file)?;
+    Ok(c)
+}
+
+/// Checks every architecture shares: heads divide, RoPE dims even, finite positive constants,
+/// a parameter count that fits in memory arithmetic, layer types of the right length.
+fn validate(c: &DecoderConfig, file: &str) -> Result<(), LoadError> {
+    let bad = |msg: String| Err(LoadError::invalid(file, msg));
+    let (heads, kv, d) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
+    if kv == 0 || heads % kv != 0 {
+        return bad(format!(
+            "num_attention_heads {heads} is not a multiple of num_key_value_heads {kv}"
+        ));
+    }
+    if d == 0 || d % 2 != 0 {
+        return bad(format!("head_dim {d} must be even and positive for RoPE"));
+    }
+    for (name, x) in [
+        ("rms_norm_eps", Some(c.rms_norm_eps)),
+        ("rope_theta", Some(c.rope_theta)),
+        ("rope_local_base_freq", c.rope_local_theta),
+        ("query_pre_attn_scalar", c.query_pre_attn_scalar),
+        ("final_logit_softcapping", c.final_logit_softcapping),
+    ] {
+        if let Some(x) = x
+            && !(x.is_finite() && x > 0.0)
+        {
+            return bad(format!("`{name}` = {x} must be a positive number"));
+        }
+    }
+    if !c.layer_types.is_empty() && c.layer_types.len() != c.num_hidden_layers {
+        return bad(format!(
+            "`layer_types` lists {} layers, the model has {}",
+            c.layer_types.len(),
+            c.num_hidden_layers
+        ));
+    }
+    if c.layer_types.contains(&AttnKind::Sliding) && c.sliding_window.is_none() {
+        return bad("sliding-window layers without a `sliding_window` size".into());
+    }
+    if c.checked_num_parameters().is_none() {
+        return bad("the sizes overflow the parameter count".into());
+    }
+    Ok(())
+}
+
+fn gguf_err(file: &str, cause: GgufError) -> LoadError {
+    LoadError::Gguf {
+        file: file.into(),
+        cause,
+    }
+}
+
+/// A `config.json` value with the file name for errors.
+pub(crate) struct Json<'a> {
+    v: &'a Value,
+    file: &'a str,
+}
+
+impl Json<'_> {
+    fn bad(&self, msg: String) -> LoadError {
+        LoadError::invalid(self.file, msg)
+    }
+
+    fn get(&self, key: &str) -> Option<&Value> {
+        self.v.get(key).filter(|x| !x.is_null())
+    }
+
+    fn uint(&self, key: &str) -> Result<usize, LoadError> {
+        match self.get(key).map(Value::as_u64) {
+            Some(Some(n)) if n > 0 => {
+                usize::try_from(n).map_err(|_| self.bad(format!("`{key}` = {n} is too large")))
+            }
+            Some(_) => Err(self.bad(format!("`{key}` must be a positive integer"))),
+            None => Err(self.bad(format!("missing `{key}`"))),
+        }
+    }
+
+    fn opt_uint(&self, key: &str) -> Result<Option<usize>, LoadError> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(_) => self.uint(key).map(Some),
+        }
+    }
+
+    fn opt_f64(&self, key: &str) -> Result<Option<f64>, LoadError> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(x) => x
+                .as_f64()
+                .map(Some)
+                .ok_or_else(|| self.bad(format!("`{key}` must be a number"))),
+        }
+    }
+
+    fn opt_bool(&self, key: &str) -> Result<Option<bool>, LoadError> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(x) => x
+                .as_bool()
+                .map(Some)
+                .ok_or_else(|| self.bad(format!("`{key}` must be true or false"))),
+        }
+    }
+
+    /// Refuse `key` unless absent or equal to one of `allowed` (strings or booleans).
+    fn require(&self, key: &str, allowed: &[&str]) -> Result<(), LoadError> {
+        let Some(val) = self.get(key) else {
+            return Ok(());
+        };
+        let s = val.as_str().map(str::to_string).unwrap_or(val.to_string());
+        if allowed.contains(&s.as_str()) {
+            Ok(())
+        } else {
+            Err(self.bad(format!(
+                "`{key}` = {s} is not supported (supported: {})",
+                allowed.join(", ")
+            )))
+        }
+    }
+
+    /// The rope parameters of one layer kind: the flat `rope_scaling` / `rope_parameters`, or
+    /// transformers 5's per-kind `rope_parameters.{full_attention, sliding_attention}`.
+    fn rope_params(&self, kind: &str) -> Option<&Value> {
+        let p = self.get("rope_parameters");
+        match p.and_then(|p| p.get(kind)) {
+            Some(per_kind) => Some(per_kind),
+            None => self.get("rope_scaling").or(p),
+        }
+    }
+
+    /// RoPE base and scaling of layers of `kind` (`full_attention` | `sliding_attention`).
+    fn rope(&self, kind: &str) -> Result<(Option<f64>, Option<RopeScaling>), LoadError> {
+        let params = self.rope_params(kind);
+        let theta = match params.and_then(|p| p.get("rope_theta")) {
+            Some(t) => Some(
+                t.as_f64()
+                    .ok_or_else(|| self.bad("`rope_theta` must be a number".into()))?,
+            ),
+            None => None,
+        };
+        let scaling = match params {
+            None => None,
+            Some(s) => parse_rope_scaling(s).map_err(|m| self.bad(m))?,
+        };
+        Ok((theta, scaling))
+    }
+
+    /// `layer_types` (`full_attention` / `sliding_attention`) when the config lists them.
+    fn layer_types(&self) -> Result<Option<Vec<AttnKind>>, LoadError> {
+        let Some(list) = self.get("layer_types") else {
+            return Ok(None);
+        };
+        let list = list
+            .as_array()
+            .ok_or_else(|| self.bad("`layer_types` must be a list".into()))?;
+        list.iter()
+            .map(|t| match t.as_str() {
+                Some("full_attention") => Ok(AttnKind::Global),
+                Some("sliding_attention") => Ok(AttnKind::Sliding),
+                _ => Err(self.bad(format!(
+                    "`layer_types` entry {t} is not supported (full_attention, sliding_attention)"
+                ))),
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(Some)
+    }
+}
+
+/// Read `rope_scaling` / `rope_parameters`: none, `default`, or Llama-3; anything else is refused.
+fn parse_rope_scaling(s: &Value) -> Result<Option<RopeScaling>, String> {
+    let kind = s
+        .get("rope_type")
+        .or_else(|| s.get("type"))
+        .and_then(Value::as_str)
+        .unwrap_or("default");
+    match kind {
+        "default" => Ok(None),
+        "llama3" => {
+            let f = |k: &str| {
+                s.get(k)
+                    .and_then(Value::as_f64)
+                    .ok_or_else(|| format!("llama3 rope scaling needs numeric `{k}`"))
+            };
+            let scaling = RopeScaling {
+                factor: f("factor")?,
+                low_freq_factor: f("low_freq_factor")?,
+                high_freq_factor: f("high_freq_factor")?,
+                original_max_position_embeddings: f("original_max_position_embeddings")?,
+            };
+            if !(scaling.high_freq_factor > scaling.low_freq_factor && scaling.factor > 0.0) {
+                return Err(
+                    "llama3 rope scaling needs factor > 0 and high_freq_factor > low_freq_factor"
+                        .into(),
+                );
+            }
+            Ok(Some(scaling))
+        }
+        other => Err(format!(
+            "rope scaling type `{other}` is not supported (supported: default, llama3)"
+        )),
+    }
+}
+
+/// The fields every supported `config.json` shares, read the Llama way (the arch files add theirs).
+fn read_hf_common(j: &Json, arch: Arch) -> Result<DecoderConfig, LoadError> {
+    let hidden = j.uint("hidden_size")?;
+    let heads = j.uint("num_attention_heads")?;
+    let kv_heads = j.opt_uint("num_key_value_heads")?.unwrap_or(heads);
+    let head_dim = match j.opt_uint("head_dim")? {
+        Some(d) => d,
+        None if hidden % heads == 0 => hidden / heads,
+        None => {
+            return Err(j.bad(format!(
+                "hidden_size {hidden} is not divisible by num_attention_heads {heads}"
+            )));
+        }
+    };
+    let mut c = DecoderConfig::llama(
+        j.uint("vocab_size")?,
+        hidden,
+        j.uint("intermediate_size")?,
+        j.uint("num_hidden_layers")?,
+        heads,
+        kv_heads,
+        head_dim,
+    );
+    c.arch = arch;
+    let top_theta = j.opt_f64("rope_theta")?;
+    let (theta, scaling) = j.rope("full_attention")?;
+    c.rope_theta = top_theta.or(theta).unwrap_or(10000.0);
+    c.rope_scaling = scaling;
+    c.rms_norm_eps = j.opt_f64("rms_norm_eps")?.unwrap_or(1e-6);
+    c.tie_word_embeddings = j.opt_bool("tie_word_embeddings")?.unwrap_or(false);
+    c.max_position_embeddings = j.opt_uint("max_position_embeddings")?.unwrap_or(2048);
+    c.bos_token_id = j
+        .get("bos_token_id")
+        .and_then(Value::as_u64)
+        .map(|x| x as u32);
+    c.eos_token_ids = match j.get("eos_token_id") {
+        Some(Value::Array(a)) => a
+            .iter()
+            .filter_map(Value::as_u64)
+            .map(|x| x as u32)
+            .collect(),
+        Some(x) => x.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
+        None => vec![],
+    };
+    Ok(c)
+}
+
+/// The `config.json` fields every architecture writes; the arch files add theirs.
+fn hf_config_common(c: &DecoderConfig, class: &str, model_type: &str) -> Value {
+    json!({
+        "architectures": [class],
+        "model_type": model_type,
+        "vocab_size": c.vocab_size,
+        "hidden_size": c.hidden_size,
+        "intermediate_size": c.intermediate_size,
+        "num_hidden_layers": c.num_hidden_layers,
+        "num_attention_heads": c.num_attention_heads,
+        "num_key_value_heads": c.num_key_value_heads,
+        "head_dim": c.head_dim,
+        "rms_norm_eps": c.rms_norm_eps,
+        "rope_theta": c.rope_theta,
+        "tie_word_embeddings": c.tie_word_embeddings,
+        "max_position_embeddings": c.max_position_embeddings,
+        "torch_dtype": "float32",
+        "bos_token_id": c.bos_token_id,
+        "eos_token_id": if c.eos_token_ids.len() == 1 {
+            json!(c.eos_token_ids[0])
+        } else {
+            json!(c.eos_token_ids)
+        },
+    })
+}
+
+/// `layer_types` as transformers writes it.
+fn layer_types_json(c: &DecoderConfig) -> Value {
+    (0..c.num_hidden_layers)
+        .map(|l| match c.layer_kind(l) {
+            AttnKind::Global => "full_attention",
+            AttnKind::Sliding => "sliding_attention",
+        })
+        .collect()
+}
+
+/// A GGUF's metadata under its `{arch}.` prefix, with the file name for errors.
+pub(crate) struct GgufMeta<'a> {
+    g: &'a Gguf,
+    file: &'a str,
+    arch: &'a str,
+}
+
+impl GgufMeta<'_> {
+    fn key(&self, k: &str) -> String {
+        format!("{}.{k}", self.arch)
+    }
+
+    fn uint(&self, k: &str) -> Result<usize, LoadError> {
+        let key = self.key(k);
+        let v = self.g.get_u64(&key).map_err(|c| gguf_err(self.file, c))?;
+        match usize::try_from(v) {
+            Ok(v) if v > 0 => Ok(v),
+            _ => Err(LoadError::invalid(
+                self.file,
+                format!("metadata `{key}` = {v} must be a positive size"),
+            )),
+        }
+    }
+
+    fn opt_uint(&self, k: &str) -> Result<Option<usize>, LoadError> {
+        match self.g.get(&self.key(k)) {
+            None => Ok(None),
+            Some(_) => self.uint(k).map(Some),
+        }
+    }
+
+    fn opt_f64(&self, k: &str) -> Result<Option<f64>, LoadError> {
+        self.g
+            .get_opt_f64(&self.key(k))
+            .map_err(|c| gguf_err(self.file, c))
+    }
+
+    fn opt_str(&self, k: &str) -> Result<Option<&str>, LoadError> {
+        self.g
+            .get_opt_str(&self.key(k))
+            .map_err(|c| gguf_err(self.file, c))
+    }
+
+    fn opt_token(&self, key: &str) -> Result<Option<u32>, LoadError> {
+        Ok(self
+            .g
+            .get_opt_u64(key)
+            .map_err(|c| gguf_err(self.file, c))?
+            .and_then(|x| u32::try_from(x).ok()))
+    }
+
+    fn has_tensor(&self, name: &str) -> bool {
+        self.g.tensor(name).is_some()
+    }
+}
+
+/// The hyper-parameters every GGUF architecture shares, with llama.cpp's defaults.
+fn read_gguf_common(m: &GgufMeta, arch: Arch) -> Result<DecoderConfig, LoadError> {
+    let hidden = m.uint("embedding_length")?;
+    let heads = m.uint("attention.head_count")?;
+    let kv = m.opt_uint("attention.head_count_kv")?.unwrap_or(heads);
+    let head_dim = match m.opt_uint("attention.key_length")? {
+        Some(d) => d,
+        None if hidden % heads == 0 => hidden / heads,
+        None => {
+            return Err(LoadError::invalid(
+                m.file,
+                format!("embedding_length {hidden} is not divisible by head_count {heads}"),
+            ));
+        }
+    };
+    let vocab = match m.g.metadata.get("tokenizer.ggml.tokens") {
+        Some(MetaValue::Array(a)) => a.len(),
+        _ => m.opt_uint("vocab_size")?.unwrap_or(0),
+    };
+    let mut c = DecoderConfig::llama(
+        vocab,
+        hidden,
+        m.uint("feed_forward_length")?,
+        m.uint("block_count")?,
+        heads,
+        kv,
+        head_dim,
+    );
+    c.arch = arch;
+    c.rms_norm_eps = m
+        .opt_f64("attention.layer_norm_rms_epsilon")?
+        .unwrap_or(1e-5);
+    c.rope_theta = m.opt_f64("rope.freq_base")?.unwrap_or(10000.0);
+    c.tie_word_embeddings = !m.has_tensor(Role::Output.gguf());
+    c.max_position_embeddings = m.opt_uint("context_length")?.unwrap_or(2048);
+    c.bos_token_id = m.opt_token("tokenizer.ggml.bos_token_id")?;
+    c.eos_token_ids = m
+        .opt_token("tokenizer.ggml.eos_token_id")?
+        .into_iter()
+        .collect();
+    if let Some(eot) = m.opt_token("tokenizer.ggml.eot_token_id")?
+        && !c.eos_token_ids.contains(&eot)
+    {
+        c.eos_token_ids.push(eot);
+    }
+    Ok(c)
+}
