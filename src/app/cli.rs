@@ -162,6 +162,10 @@ pub struct BenchArgs {
     /// qoft): forward + backward + AdamW per step, timed per phase, with peak device memory.
     #[arg(long, value_delimiter = ',')]
     pub methods: Vec<String>,
+    /// Random-init model of this HF config.json (any supported architecture) for --methods,
+    /// instead of the shape flags below.
+    #[arg(long, conflicts_with = "model")]
+    pub config: Option<PathBuf>,
     /// Random-init model shape for --methods without --model: vocabulary.
     #[arg(long, default_value_t = 32000)]
     pub vocab: usize,

@@ -6,6 +6,7 @@
 //! (`VmHWM`, reset through `/proc/self/clear_refs` on Linux) and, on wgpu, the device pool's
 //! bytes in use after the backward.
 
+use super::{reset_peak_rss, status_bytes};
 use crate::model::loss::{CHUNK_ROWS, causal_lm_loss, chunked_causal_lm_loss};
 use crate::model::read_f32;
 use anyhow::Result;
@@ -33,14 +34,6 @@ pub struct LossMemory {
     pub value: f32,
 }
 
-/// A `/proc/self/status` field in bytes (`VmRSS`, `VmHWM`).
-fn status_bytes(field: &str) -> Option<u64> {
-    let s = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = s.lines().find(|l| l.starts_with(field))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
-}
-
 /// Measure both loss paths on `batch × seq` positions of a `vocab × hidden` head.
 pub fn bench_loss_memory(
     device: &Device,
@@ -62,7 +55,7 @@ pub fn bench_loss_memory(
     for loss_kind in ["full", "chunked"] {
         device.memory_cleanup();
         let h = Tensor::from_inner(states.clone()).require_grad();
-        let _ = std::fs::write("/proc/self/clear_refs", "5");
+        reset_peak_rss();
         let start_rss = status_bytes("VmRSS");
         let t0 = Instant::now();
         let (loss, rows) = match loss_kind {

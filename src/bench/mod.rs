@@ -12,6 +12,19 @@ use crate::model::read_f32;
 use anyhow::{Result, bail};
 use std::time::Instant;
 
+/// A `/proc/self/status` field in bytes (`VmRSS`, `VmHWM`); `None` where there is no procfs.
+pub fn status_bytes(field: &str) -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with(field))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// Reset the process's peak resident set (`VmHWM`) to the current one (Linux; a no-op elsewhere).
+pub fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
 /// One benchmark run's figures.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct ModelBench {
@@ -69,6 +82,7 @@ pub fn cmd_bench(a: BenchArgs) -> Result<()> {
     };
     let mut model = lm.model;
     model.config.eos_token_ids.clear(); // time exactly gen_tokens steps
+    model.config.stop_token_ids.clear();
     let prompt = &ids[..ids.len().min(16)];
     pollster::block_on(generate(
         &model,
@@ -211,6 +225,16 @@ fn step_bench(a: &BenchArgs, backend: &SelectedBackend) -> Result<()> {
             crate::app::cli::read_model_files(path)?,
             serde_json::json!({ "path": path.display().to_string() }),
         ),
+        None if a.config.is_some() => {
+            let path = a.config.as_deref().unwrap_or(std::path::Path::new(""));
+            let text =
+                std::fs::read(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            let value: serde_json::Value = serde_json::from_slice(&text)
+                .map_err(|e| anyhow::anyhow!("{}: invalid JSON: {e}", path.display()))?;
+            let config = crate::model::arch::parse_hf_config(&value, &path.display().to_string())?;
+            let desc = serde_json::json!({ "config": path.display().to_string() });
+            (train_step::random_model_of(config)?, desc)
+        }
         None => {
             let shape = Shape {
                 vocab: a.vocab,
@@ -227,14 +251,14 @@ fn step_bench(a: &BenchArgs, backend: &SelectedBackend) -> Result<()> {
         backend.description, model_desc, a.batch, seq, a.iters
     );
     println!(
-        "method   tokens/s   step ms   fwd ms   bwd ms   opt ms   peak MiB   trainable   base linears (packed/dense, MiB)"
+        "method   tokens/s   step ms   fwd ms   bwd ms   opt ms   peak MiB   peak RSS MiB   trainable   base linears (packed/dense, MiB)"
     );
     let mut results = Vec::new();
     for method in &a.methods {
         let r = bench_method(&files, method, &backend.device, a.batch, seq, a.iters)?;
         let mib = |b: u64| b as f64 / 1048576.0;
         println!(
-            "{:<7} {:>9.1} {:>9.1} {:>8.1} {:>8.1} {:>8.1} {:>10} {:>11}   {}/{} ({:.1})",
+            "{:<7} {:>9.1} {:>9.1} {:>8.1} {:>8.1} {:>8.1} {:>10} {:>14} {:>11}   {}/{} ({:.1})",
             r.method,
             r.tokens_per_s,
             r.step_ms,
@@ -242,6 +266,9 @@ fn step_bench(a: &BenchArgs, backend: &SelectedBackend) -> Result<()> {
             r.backward_ms,
             r.optimizer_ms,
             r.peak_mem_bytes
+                .map(|b| format!("{:.1}", mib(b)))
+                .unwrap_or_else(|| "-".into()),
+            r.peak_rss_bytes
                 .map(|b| format!("{:.1}", mib(b)))
                 .unwrap_or_else(|| "-".into()),
             r.trainable_params,

@@ -52,6 +52,8 @@ pub struct StepBench {
     /// Largest device allocation total seen at a phase boundary (bytes in use), or `None` where
     /// the backend does not report it (CPU).
     pub peak_mem_bytes: Option<u64>,
+    /// Peak resident memory of the process while stepping (model included), bytes (Linux).
+    pub peak_rss_bytes: Option<u64>,
     /// Trainable adapter parameters.
     pub trainable_params: usize,
     /// Decoder linears kept packed for the fused kernel / stored dense.
@@ -74,7 +76,7 @@ fn random(n: usize, seed: u64) -> Vec<f32> {
     (0..n).map(|_| (u() + u() + u()) * 0.04).collect()
 }
 
-/// A random-init Decoder of `shape` on the host (norm weights 1), as if read from files.
+/// A random-init Llama of `shape` on the host (norm weights 1), as if read from files.
 pub fn random_model(shape: &Shape) -> Result<ModelFiles> {
     if shape.heads == 0 || !shape.hidden.is_multiple_of(shape.heads) {
         bail!(
@@ -93,6 +95,12 @@ pub fn random_model(shape: &Shape) -> Result<ModelFiles> {
         shape.hidden / shape.heads,
     );
     config.max_position_embeddings = 4096;
+    random_model_of(config)
+}
+
+/// A random-init model of any configuration (vectors, i.e. norm gains and biases, set to 1), as
+/// if read from files; `wgtune bench --config` uses it for other architectures' shapes.
+pub fn random_model_of(config: DecoderConfig) -> Result<ModelFiles> {
     let mut tensors = BTreeMap::new();
     for (i, (name, dims)) in config.expected_tensors().into_iter().enumerate() {
         let n = dims.iter().product();
@@ -238,6 +246,7 @@ pub fn bench_method(
     let b = batch(files.config.vocab_size, batch_size, seq);
     let mut rows = Vec::new();
     let mut peak: Option<u64> = None;
+    super::reset_peak_rss();
     for i in 0..=iters {
         let start_mem = device.memory_pool_usage().map(|u| u.bytes_in_use);
         let t0 = Instant::now();
@@ -280,6 +289,7 @@ pub fn bench_method(
         backward_ms: col(2),
         optimizer_ms: col(3),
         peak_mem_bytes: peak,
+        peak_rss_bytes: super::status_bytes("VmHWM"),
         trainable_params,
         packed_linears: base.packed,
         dense_linears: base.dense,

@@ -83,8 +83,15 @@ pub struct DecoderConfig {
     pub max_position_embeddings: usize,
     /// Beginning-of-sequence id, if the model has one.
     pub bos_token_id: Option<u32>,
-    /// End-of-sequence ids (generation stops on any; Gemma adds `<end_of_turn>`).
+    /// End-of-sequence ids as the config names them (generation stops on any).
     pub eos_token_ids: Vec<u32>,
+    /// Further ids that end generation without being the config's EOS: the family's end-of-turn
+    /// token (Gemma's `<end_of_turn>`) and a GGUF's `eot_token_id`. Not written back to files.
+    #[serde(default)]
+    pub stop_token_ids: Vec<u32>,
+    /// Padding id, when the config names one (Qwen's embedding uses it as `padding_idx`).
+    #[serde(default)]
+    pub pad_token_id: Option<u32>,
     /// Gain style of every RMSNorm.
     #[serde(default)]
     pub norm_style: NormStyle,
@@ -149,6 +156,8 @@ impl DecoderConfig {
             max_position_embeddings: 2048,
             bos_token_id: None,
             eos_token_ids: Vec::new(),
+            stop_token_ids: Vec::new(),
+            pad_token_id: None,
             norm_style: NormStyle::Weight,
             activation: Activation::Silu,
             qkv_bias: false,
@@ -161,6 +170,11 @@ impl DecoderConfig {
             scale_embeddings: false,
             final_logit_softcapping: None,
         }
+    }
+
+    /// Whether generating `id` ends the sequence.
+    pub fn is_stop(&self, id: u32) -> bool {
+        self.eos_token_ids.contains(&id) || self.stop_token_ids.contains(&id)
     }
 
     /// Attention kind of layer `l`.

@@ -139,7 +139,7 @@ pub async fn generate(
     let mut stopped_on_eos = false;
     while tokens.len() < cfg.max_new_tokens {
         let next = sample(&row, cfg, &mut rng);
-        if model.config.eos_token_ids.contains(&next) {
+        if model.config.is_stop(next) {
             stopped_on_eos = true;
             break;
         }

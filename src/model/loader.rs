@@ -63,9 +63,9 @@ pub fn read_model(src: ModelSource<'_>) -> Result<ModelFiles, LoadError> {
     // The family's end-of-turn token (Gemma's `<end_of_turn>`) also ends generation.
     let eot = files.config.arch.end_of_turn_token();
     if let Some(id) = eot.and_then(|t| files.tokenizer.as_ref()?.token_to_id(t))
-        && !files.config.eos_token_ids.contains(&id)
+        && !files.config.is_stop(id)
     {
-        files.config.eos_token_ids.push(id);
+        files.config.stop_token_ids.push(id);
     }
     Ok(files)
 }

@@ -117,7 +117,7 @@ pub(super) fn hf_config(c: &DecoderConfig) -> Value {
     let mut v = super::hf_config_common(c, "Gemma3ForCausalLM", "gemma3_text");
     v["hidden_activation"] = json!("gelu_pytorch_tanh");
     v["attention_bias"] = json!(false);
-    v["query_pre_attn_scalar"] = json!(c.query_pre_attn_scalar);
+    v["query_pre_attn_scalar"] = json!(c.query_pre_attn_scalar.map(super::config_number));
     v["sliding_window"] = json!(c.sliding_window);
     v["layer_types"] = super::layer_types_json(c);
     // transformers 5 writes RoPE per layer kind.

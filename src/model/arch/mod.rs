@@ -385,20 +385,24 @@ fn parse_rope_scaling(s: &Value) -> Result<Option<RopeScaling>, String> {
     }
 }
 
+/// The head size a file implies when it names none: `hidden / heads`, if that divides.
+fn implied_head_dim(hidden: usize, heads: usize) -> Option<usize> {
+    hidden.is_multiple_of(heads).then(|| hidden / heads)
+}
+
 /// The fields every supported `config.json` shares, read the Llama way (the arch files add theirs).
 fn read_hf_common(j: &Json, arch: Arch) -> Result<DecoderConfig, LoadError> {
     let hidden = j.uint("hidden_size")?;
     let heads = j.uint("num_attention_heads")?;
     let kv_heads = j.opt_uint("num_key_value_heads")?.unwrap_or(heads);
-    let head_dim = match j.opt_uint("head_dim")? {
-        Some(d) => d,
-        None if hidden % heads == 0 => hidden / heads,
-        None => {
-            return Err(j.bad(format!(
+    let head_dim = j
+        .opt_uint("head_dim")?
+        .or_else(|| implied_head_dim(hidden, heads))
+        .ok_or_else(|| {
+            j.bad(format!(
                 "hidden_size {hidden} is not divisible by num_attention_heads {heads}"
-            )));
-        }
-    };
+            ))
+        })?;
     let mut c = DecoderConfig::llama(
         j.uint("vocab_size")?,
         hidden,
@@ -416,10 +420,13 @@ fn read_hf_common(j: &Json, arch: Arch) -> Result<DecoderConfig, LoadError> {
     c.rms_norm_eps = j.opt_f64("rms_norm_eps")?.unwrap_or(1e-6);
     c.tie_word_embeddings = j.opt_bool("tie_word_embeddings")?.unwrap_or(false);
     c.max_position_embeddings = j.opt_uint("max_position_embeddings")?.unwrap_or(2048);
-    c.bos_token_id = j
-        .get("bos_token_id")
-        .and_then(Value::as_u64)
-        .map(|x| x as u32);
+    let token = |key: &str| {
+        j.get(key)
+            .and_then(Value::as_u64)
+            .and_then(|x| u32::try_from(x).ok())
+    };
+    c.bos_token_id = token("bos_token_id");
+    c.pad_token_id = token("pad_token_id");
     c.eos_token_ids = match j.get("eos_token_id") {
         Some(Value::Array(a)) => a
             .iter()
@@ -450,12 +457,23 @@ fn hf_config_common(c: &DecoderConfig, class: &str, model_type: &str) -> Value {
         "max_position_embeddings": c.max_position_embeddings,
         "torch_dtype": "float32",
         "bos_token_id": c.bos_token_id,
+        "pad_token_id": c.pad_token_id,
         "eos_token_id": if c.eos_token_ids.len() == 1 {
             json!(c.eos_token_ids[0])
         } else {
             json!(c.eos_token_ids)
         },
     })
+}
+
+/// A number as transformers' config classes type it: an integer when it is whole (their `int`
+/// fields reject `24.0`), else a float.
+fn config_number(x: f64) -> Value {
+    if x.fract() == 0.0 && x.abs() < 9.0e15 {
+        json!(x as i64)
+    } else {
+        json!(x)
+    }
 }
 
 /// `layer_types` as transformers writes it.
@@ -529,16 +547,15 @@ fn read_gguf_common(m: &GgufMeta, arch: Arch) -> Result<DecoderConfig, LoadError
     let hidden = m.uint("embedding_length")?;
     let heads = m.uint("attention.head_count")?;
     let kv = m.opt_uint("attention.head_count_kv")?.unwrap_or(heads);
-    let head_dim = match m.opt_uint("attention.key_length")? {
-        Some(d) => d,
-        None if hidden % heads == 0 => hidden / heads,
-        None => {
-            return Err(LoadError::invalid(
+    let head_dim = m
+        .opt_uint("attention.key_length")?
+        .or_else(|| implied_head_dim(hidden, heads))
+        .ok_or_else(|| {
+            LoadError::invalid(
                 m.file,
                 format!("embedding_length {hidden} is not divisible by head_count {heads}"),
-            ));
-        }
-    };
+            )
+        })?;
     let vocab = match m.g.metadata.get("tokenizer.ggml.tokens") {
         Some(MetaValue::Array(a)) => a.len(),
         _ => m.opt_uint("vocab_size")?.unwrap_or(0),
@@ -564,10 +581,11 @@ fn read_gguf_common(m: &GgufMeta, arch: Arch) -> Result<DecoderConfig, LoadError
         .opt_token("tokenizer.ggml.eos_token_id")?
         .into_iter()
         .collect();
+    c.pad_token_id = m.opt_token("tokenizer.ggml.padding_token_id")?;
     if let Some(eot) = m.opt_token("tokenizer.ggml.eot_token_id")?
-        && !c.eos_token_ids.contains(&eot)
+        && !c.is_stop(eot)
     {
-        c.eos_token_ids.push(eot);
+        c.stop_token_ids.push(eot);
     }
     Ok(c)
 }

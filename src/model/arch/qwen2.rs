@@ -62,7 +62,14 @@ pub(super) fn hf_config_qwen(c: &DecoderConfig, class: &str, model_type: &str) -
     v
 }
 
-/// `config.json` for `Qwen2ForCausalLM`.
+/// `config.json` for `Qwen2ForCausalLM` (whose config class has no `head_dim`: written only
+/// when it is not hidden/heads, which Qwen2's attention reads through `getattr`).
 pub(super) fn hf_config(c: &DecoderConfig) -> Value {
-    hf_config_qwen(c, "Qwen2ForCausalLM", "qwen2")
+    let mut v = hf_config_qwen(c, "Qwen2ForCausalLM", "qwen2");
+    if c.head_dim * c.num_attention_heads == c.hidden_size
+        && let Some(o) = v.as_object_mut()
+    {
+        o.remove("head_dim");
+    }
+    v
 }
