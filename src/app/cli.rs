@@ -199,6 +199,18 @@ pub struct BenchArgs {
     pub json: Option<PathBuf>,
 }
 
+/// What `text` adds to the already printed `shown`: the part after their common prefix (cut at a
+/// character boundary), since a later token can change how earlier bytes decode.
+fn new_text<'a>(shown: &str, text: &'a str) -> &'a str {
+    let common = text
+        .char_indices()
+        .zip(shown.chars())
+        .take_while(|((_, a), b)| a == b)
+        .last()
+        .map_or(0, |((i, c), _)| i + c.len_utf8());
+    &text[common..]
+}
+
 /// Run the parsed command line.
 pub fn run(cli: Cli) -> Result<()> {
     let Some(command) = cli.command else {
@@ -287,14 +299,23 @@ fn cmd_generate(a: GenerateArgs) -> Result<()> {
     }
     let mut shown = String::new();
     let mut all = Vec::new();
+    let mut show = |text: String| {
+        print!("{}", new_text(&shown, &text));
+        let _ = std::io::stdout().flush();
+        shown = text;
+    };
     let out = pollster::block_on(generate(&lm.model, &prompt, &cfg, |t| {
         all.push(t);
-        if let Ok(s) = tok.decode(&all, true) {
-            print!("{}", &s[shown.len().min(s.len())..]);
-            let _ = std::io::stdout().flush();
-            shown = s;
+        // A byte-fallback character split over tokens decodes as U+FFFD until its last byte.
+        if let Ok(s) = tok.decode(&all, true)
+            && !s.ends_with(char::REPLACEMENT_CHARACTER)
+        {
+            show(s);
         }
     }))?;
+    if let Ok(s) = tok.decode(&all, true) {
+        show(s);
+    }
     println!();
     eprintln!(
         "{} new tokens, prompt {} tokens in {:.2}s, generation {:.2} tokens/s{}",
@@ -499,4 +520,19 @@ fn cmd_inspect(a: InspectArgs) -> Result<()> {
         }
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::new_text;
+
+    /// Streaming decode: a plain extension prints the tail; a replacement character that a later
+    /// byte turns into a real one prints from the change on, never panicking inside a character.
+    #[test]
+    fn new_text_after_a_changed_tail() {
+        assert_eq!(new_text("ab", "abc"), "c");
+        assert_eq!(new_text("", "é"), "é");
+        assert_eq!(new_text("ccz\u{FFFD}", "ccz😀!"), "😀!");
+        assert_eq!(new_text("x\u{FFFD}\u{FFFD}", "x"), "");
+    }
 }

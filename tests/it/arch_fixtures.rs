@@ -177,3 +177,46 @@ fn chunked_loss_matches_full_logits() {
         }
     }
 }
+
+/// Through the binary: `inspect` names each architecture and its features, and `generate --chat`
+/// renders the model's own template and streams byte-fallback tokens of a random model without
+/// failing.
+#[test]
+fn inspect_and_chat_through_the_binary() {
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_wgtune"))
+            .args(args)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{args:?}: {err}");
+        text
+    };
+    for (case, want) in [
+        ("mistral", "sliding window 5 (2 of 2 layers)"),
+        ("qwen2", "q/k/v bias"),
+        ("qwen3", "q/k norm"),
+        ("gemma3", "sandwich norms"),
+    ] {
+        let path = fixture(&dir(case));
+        let out = run(&["inspect", "--model", path.to_str().unwrap()]);
+        assert!(out.contains(&format!("architecture {case}")), "{out}");
+        assert!(out.contains(want), "{case}: {out}");
+    }
+    let gemma = fixture(&dir("gemma3"));
+    let args = [
+        "generate",
+        "--backend",
+        "cpu",
+        "--chat",
+        "--max-new-tokens",
+        "12",
+    ];
+    let out = run(&[
+        &args[..],
+        &["--prompt", "hello", "--model", gemma.to_str().unwrap()],
+    ]
+    .concat());
+    assert!(out.starts_with("hello\n"), "{out}");
+}
