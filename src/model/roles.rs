@@ -165,18 +165,3 @@ impl Role {
         Some((r, Some(layer)))
     }
 }
-
-/// The HF module path of a block's linear role (`self_attn.q_proj`): the adapter target names.
-pub fn linear_module(r: Role) -> Option<&'static str> {
-    matches!(
-        r,
-        Role::AttnQ
-            | Role::AttnK
-            | Role::AttnV
-            | Role::AttnO
-            | Role::FfnGate
-            | Role::FfnUp
-            | Role::FfnDown
-    )
-    .then(|| r.hf_default().trim_end_matches(".weight"))
-}
