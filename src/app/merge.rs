@@ -1,5 +1,6 @@
 //! `wgtune merge`: fold a peft adapter into the base weights (`W' = W + s·B·A` for LoRA,
-//! `W' = W·blockdiag(R)ᵀ` for OFT) and write a plain HF folder that any Decoder loader reads.
+//! `W' = W·blockdiag(R)ᵀ` for OFT) and write a plain HF folder that transformers loads as the
+//! base's own architecture.
 
 use super::cli::{MergeArgs, load};
 use super::files::{DirSource, write_atomic};

@@ -20,6 +20,11 @@ pub fn status_bytes(field: &str) -> Option<u64> {
     Some(kib * 1024)
 }
 
+/// Bytes as MiB with one decimal, or `-` when not measured.
+fn mib_or_dash(bytes: Option<u64>) -> String {
+    bytes.map_or("-".into(), |b| format!("{:.1}", b as f64 / 1048576.0))
+}
+
 /// Reset the process's peak resident set (`VmHWM`) to the current one (Linux; a no-op elsewhere).
 pub fn reset_peak_rss() {
     let _ = std::fs::write("/proc/self/clear_refs", "5");
@@ -122,15 +127,13 @@ fn loss_memory_bench(a: &BenchArgs, backend: &SelectedBackend) -> Result<()> {
         backend.description, a.vocab, a.hidden, a.batch, seq
     );
     println!("loss      rows   peak RSS MiB   device MiB   seconds   value");
-    let mib =
-        |b: Option<u64>| b.map_or("-".to_string(), |b| format!("{:.1}", b as f64 / 1048576.0));
     for m in &r {
         println!(
             "{:<8} {:>5}   {:>12}   {:>10}   {:>7.2}   {:.6}",
             m.loss,
             m.rows,
-            mib(m.peak_rss_bytes),
-            mib(m.device_bytes),
+            mib_or_dash(m.peak_rss_bytes),
+            mib_or_dash(m.device_bytes),
             m.secs,
             m.value
         );
@@ -225,8 +228,7 @@ fn step_bench(a: &BenchArgs, backend: &SelectedBackend) -> Result<()> {
             crate::app::cli::read_model_files(path)?,
             serde_json::json!({ "path": path.display().to_string() }),
         ),
-        None if a.config.is_some() => {
-            let path = a.config.as_deref().unwrap_or(std::path::Path::new(""));
+        None if let Some(path) = &a.config => {
             let text =
                 std::fs::read(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
             let value: serde_json::Value = serde_json::from_slice(&text)
@@ -265,12 +267,8 @@ fn step_bench(a: &BenchArgs, backend: &SelectedBackend) -> Result<()> {
             r.forward_ms,
             r.backward_ms,
             r.optimizer_ms,
-            r.peak_mem_bytes
-                .map(|b| format!("{:.1}", mib(b)))
-                .unwrap_or_else(|| "-".into()),
-            r.peak_rss_bytes
-                .map(|b| format!("{:.1}", mib(b)))
-                .unwrap_or_else(|| "-".into()),
+            mib_or_dash(r.peak_mem_bytes),
+            mib_or_dash(r.peak_rss_bytes),
             r.trainable_params,
             r.packed_linears,
             r.dense_linears,

@@ -1,7 +1,7 @@
 //! The decoder as transformers computes Llama, Mistral, Qwen2, Qwen3 and Gemma 3, readable top
 //! to bottom: (scaled) embedding, blocks of (norm → attention [→ post-norm] → residual, norm →
-//! gated MLP [→ post-norm] → residual), final norm, head [→ softcap], and the causal-LM loss with
-//! -100 labels ignored. Which optional parts run is read from [`DecoderConfig`].
+//! gated MLP [→ post-norm] → residual), final norm, head [→ softcap]. Which optional parts run is
+//! read from [`DecoderConfig`]; the losses live in [`super::loss`].
 
 use super::ModelError;
 use super::attention::{Attention, AttnContext, LayerCache, inv_freq};
@@ -409,11 +409,10 @@ impl Decoder {
 
     /// Final hidden states `[N, hidden]` → logits `[N, V]`, softcapped when the model says so.
     pub fn logits_of(&self, hidden: Tensor<2>) -> Tensor<2> {
-        let logits = hidden.matmul(self.head().transpose());
-        match self.config.final_logit_softcapping {
-            Some(cap) => logits.div_scalar(cap).tanh().mul_scalar(cap),
-            None => logits,
-        }
+        softcap(
+            hidden.matmul(self.head().transpose()),
+            self.config.final_logit_softcapping,
+        )
     }
 
     /// Token ids `[B, T]` (host) → logits `[B, T, V]`; with `cache`, positions continue after it.
@@ -427,6 +426,14 @@ impl Decoder {
         Ok(self
             .logits_of(x.reshape([b * t, h]))
             .reshape([b, t, self.config.vocab_size]))
+    }
+}
+
+/// `cap·tanh(logits/cap)` when `cap` is set (Gemma's `final_logit_softcapping`), else `logits`.
+pub fn softcap(logits: Tensor<2>, cap: Option<f64>) -> Tensor<2> {
+    match cap {
+        Some(cap) => logits.div_scalar(cap).tanh().mul_scalar(cap),
+        None => logits,
     }
 }
 

@@ -206,16 +206,21 @@ fn read_gguf(bytes: &[u8], file: &str) -> Result<ModelFiles, LoadError> {
             }
             None => raw.to_vec(),
         };
+        // What llama.cpp's converter added to this tensor (Gemma's norms: 1), undone here.
+        let shift = if role.is_norm() {
+            arch.gguf_norm_shift()
+        } else {
+            0.0
+        };
         let data = match ty {
             crate::quant::ggml::GgmlType::F32 => {
                 let mut v = bytemuck::pod_collect_to_vec::<u8, f32>(&packed);
-                let shift = arch.gguf_norm_shift();
-                if role.is_norm() && shift != 0.0 {
+                if shift != 0.0 {
                     v.iter_mut().for_each(|x| *x -= shift);
                 }
                 HostData::F32(v)
             }
-            _ if role.is_norm() && arch.gguf_norm_shift() != 0.0 => {
+            _ if shift != 0.0 => {
                 return Err(LoadError::invalid(
                     file,
                     format!("norm tensor {} must be F32", info.name),

@@ -9,7 +9,7 @@
 //! gradient; the chunked path holds one chunk's logits at a time.
 
 use super::ModelError;
-use super::decoder::Decoder;
+use super::decoder::{Decoder, softcap};
 use burn::tensor::{IndexingUpdateOp, Int, Tensor, TensorData, activation};
 
 /// Rows per chunk of the chunked loss (a `[CHUNK, V]` block of logits at a time).
@@ -130,10 +130,7 @@ pub fn chunked_causal_lm_loss(
             .clone()
             .slice([start..end, 0..h])
             .matmul(head.clone().transpose());
-        let logits = match cap {
-            Some(cap) => z.div_scalar(cap).tanh().mul_scalar(cap),
-            None => z,
-        };
+        let logits = softcap(z, cap);
         let idx = Tensor::<2, Int>::from_data(
             TensorData::new(tg.ids[start..end].to_vec(), [c, 1]),
             &device,
