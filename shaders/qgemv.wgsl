@@ -10,7 +10,7 @@
 // qgemv_subgroup.wgsl (subgroupAdd, on devices with the `subgroups` feature) or
 // qgemv_workgroup.wgsl (a tree in workgroup memory, everywhere).
 //
-// info = [M, N, K, scales offset, mins offset] in u32 words. Requires K % 16 == 0.
+// info = [M, N, K, then the section offsets of qdecode.wgsl] in u32 words. Requires K % 16 == 0.
 
 @group(0) @binding(0) var<storage, read_write> a: array<f32>;
 @group(0) @binding(1) var<storage, read_write> packed: array<u32>;

@@ -482,26 +482,35 @@ fn cmd_inspect(a: InspectArgs) -> Result<()> {
     );
     let params = c.num_parameters();
     println!("parameters   {params} ({:.1} M)", params as f64 / 1e6);
-    let mut by_type: BTreeMap<&str, (usize, usize, usize)> = BTreeMap::new();
-    for t in files.checkpoint.tensors.values() {
-        let e = by_type.entry(t.type_name()).or_default();
-        e.0 += 1;
-        e.1 += t.numel();
-        e.2 += t.stored_bytes();
-    }
-    for (ty, (n, numel, bytes)) in &by_type {
+    let groups = crate::model::loader::tensor_groups(&files);
+    println!("tensors      count type        params     as stored            on a GPU device");
+    for g in &groups {
+        let packed = match g.packed_bpw() {
+            Some(bpw) if g.packed_count == g.count => format!("{bpw:.2} bpw packed"),
+            Some(bpw) => format!(
+                "{bpw:.2} bpw packed ({} of {}; the rest f32)",
+                g.packed_count, g.count
+            ),
+            None => "f32".to_string(),
+        };
         println!(
-            "tensors      {n:4} x {ty:<5} {:>8.1} M params  {:>8.1} MiB",
-            *numel as f64 / 1e6,
-            *bytes as f64 / 1048576.0
+            "             {:5} x {:<5} {:>7.1} M  {:>8.1} MiB {:>5.2} bpw  {:>8.1} MiB  {packed}",
+            g.count,
+            g.ty,
+            g.numel as f64 / 1e6,
+            g.bytes as f64 / 1048576.0,
+            g.stored_bpw(),
+            g.gpu_bytes as f64 / 1048576.0,
         );
     }
-    let stored: usize = by_type.values().map(|v| v.2).sum();
-    let dense: usize = by_type.values().map(|v| v.1 * 4).sum();
+    let mib = |f: fn(&crate::model::weights::TensorGroup) -> usize| {
+        groups.iter().map(f).sum::<usize>() as f64 / 1048576.0
+    };
     println!(
-        "memory       {:.1} MiB as stored, {:.1} MiB as f32 on the device",
-        stored as f64 / 1048576.0,
-        dense as f64 / 1048576.0
+        "memory       {:.1} MiB as stored, {:.1} MiB on a GPU device (linears packed), {:.1} MiB as f32 (CPU backend)",
+        mib(|g| g.bytes),
+        mib(|g| g.gpu_bytes),
+        mib(|g| g.numel * 4)
     );
     println!(
         "tokenizer    {}",

@@ -3,10 +3,10 @@
 //! reference, measured side by side in one run on one device.
 
 use crate::adapters::oft::{cayley_neumann, rotate_reference, skew};
-use crate::kernels::qmatmul::{GEMV_MAX_ROWS, PackedHost, PackedWeight, QKernel};
+use crate::kernels::qmatmul::{GEMV_MAX_ROWS, PackedHost, PackedWeight, QFormat, QKernel};
 use crate::kernels::{block_rotate, cayley};
 use crate::model::read_f32;
-use crate::quant::ggml::GgmlType;
+use crate::quant::ggml;
 use crate::quant::nf4::quantize_nf4_shaped;
 use anyhow::Result;
 use burn::tensor::{Device, Tensor, TensorData};
@@ -14,6 +14,16 @@ use std::time::Instant;
 
 /// SmolLM2-135M's projection shapes `[out, in]`: q/o, k/v, gate/up, down.
 pub const SMOLLM2_SHAPES: [(usize, usize); 4] = [(576, 576), (192, 576), (1536, 576), (576, 1536)];
+
+/// Gemma 3 270M's projection shapes `[out, in]`: q, k/v, gate/up, o, down (only o and down have
+/// rows of whole 256-value K-quant super-blocks, as in a real Q4_K_M file).
+pub const GEMMA3_270M_SHAPES: [(usize, usize); 5] = [
+    (1024, 640),
+    (256, 640),
+    (2048, 640),
+    (640, 1024),
+    (640, 2048),
+];
 
 /// One shape × format measurement.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -58,30 +68,19 @@ fn values(n: usize, seed: u64) -> Vec<f32> {
 }
 
 /// A weight `[n, k]` in `format` (NF4 quantized from random values; ggml blocks with random codes
-/// and small f16 scales).
-fn packed(format: &str, n: usize, k: usize) -> Result<PackedHost> {
-    if format == "NF4" {
-        let q = quantize_nf4_shaped(&values(n * k, 1), &[n, k], 64)?;
-        return Ok(PackedHost::from_nf4(&q)?);
+/// and small f16 scales), or `None` when rows of `k` do not fill the format's blocks.
+fn packed(format: QFormat, n: usize, k: usize) -> Result<Option<PackedHost>> {
+    match format {
+        QFormat::Nf4 => {
+            let q = quantize_nf4_shaped(&values(n * k, 1), &[n, k], 64)?;
+            Ok(Some(PackedHost::from_nf4(&q)?))
+        }
+        QFormat::Ggml(ty) if k.is_multiple_of(ty.block_size()) => {
+            let bytes = ggml::synthetic_blocks(ty, n * k, 2)?;
+            Ok(Some(PackedHost::from_ggml(ty, &bytes, n, k)?))
+        }
+        QFormat::Ggml(_) => Ok(None),
     }
-    let ty = match format {
-        "Q4_0" => GgmlType::Q4_0,
-        "Q4_1" => GgmlType::Q4_1,
-        "Q8_0" => GgmlType::Q8_0,
-        f => anyhow::bail!("unknown format {f}"),
-    };
-    let scalars = if ty == GgmlType::Q4_1 { 4 } else { 2 };
-    let bytes: Vec<u8> = values(n * ty.row_bytes(k)?, 2)
-        .iter()
-        .enumerate()
-        .map(|(i, v)| match i % ty.block_bytes() {
-            // f16 0x2a1f ≈ 0.047 for every scale (and min)
-            at if at < scalars && at % 2 == 0 => 0x1f,
-            at if at < scalars => 0x2a,
-            _ => ((v + 1.0) * 127.9) as u8,
-        })
-        .collect();
-    Ok(PackedHost::from_ggml(ty, &bytes, n, k)?)
 }
 
 /// Median wall seconds of `f` (each call ends with a device sync), after one warm-up call.
@@ -114,7 +113,7 @@ pub fn bench_qmatmul(
     device: &Device,
     m: usize,
     shapes: &[(usize, usize)],
-    formats: &[&str],
+    formats: &[QFormat],
     kernels: &[QKernel],
     iters: usize,
 ) -> Result<Vec<QMatmulBench>> {
@@ -125,7 +124,9 @@ pub fn bench_qmatmul(
         let f32_secs = median_secs(device, iters, || x.clone().matmul(wt.clone()))?;
         let flops = 2.0 * (m * n * k) as f64;
         for format in formats {
-            let host = packed(format, n, k)?;
+            let Some(host) = packed(*format, n, k)? else {
+                continue;
+            };
             let w = PackedWeight::upload(&host, device);
             for &kernel in kernels {
                 if kernel != QKernel::Tiled && m > GEMV_MAX_ROWS {
@@ -145,10 +146,11 @@ pub fn bench_qmatmul(
                     .fold(0f32, |a, (g, w)| a.max((g - w).abs()));
                 anyhow::ensure!(
                     err <= 1e-4 * scale,
-                    "{format} {kernel:?} {m}x{n}x{k}: result off by {err}"
+                    "{} {kernel:?} {m}x{n}x{k}: result off by {err}",
+                    format.name()
                 );
                 out.push(QMatmulBench {
-                    format: format.to_string(),
+                    format: format.name().to_string(),
                     kernel: format!("{kernel:?}"),
                     m,
                     n,

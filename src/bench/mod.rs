@@ -153,14 +153,19 @@ fn kernel_bench(a: &BenchArgs, backend: &SelectedBackend) -> Result<()> {
             backend.description
         );
     }
-    use crate::kernels::qmatmul::QKernel;
-    let formats = ["NF4", "Q4_0", "Q4_1", "Q8_0"];
+    use crate::kernels::qmatmul::{QFormat, QKernel};
+    let formats = QFormat::all();
+    // SmolLM2's shapes, then Gemma 3 270M's (the only ones with rows of whole K-quant blocks).
+    let shapes: Vec<(usize, usize)> = kernels::SMOLLM2_SHAPES
+        .into_iter()
+        .chain(kernels::GEMMA3_270M_SHAPES)
+        .collect();
     // Training-sized products through the tiled kernel, then one decoding row (generation)
     // through every kernel that takes it.
     let mut r = kernels::bench_qmatmul(
         &backend.device,
         a.rows,
-        &kernels::SMOLLM2_SHAPES,
+        &shapes,
         &formats,
         &[QKernel::Tiled],
         a.iters,
@@ -172,7 +177,7 @@ fn kernel_bench(a: &BenchArgs, backend: &SelectedBackend) -> Result<()> {
     r.extend(kernels::bench_qmatmul(
         &backend.device,
         1,
-        &kernels::SMOLLM2_SHAPES,
+        &shapes,
         &formats,
         &decode,
         a.iters.max(5),

@@ -614,7 +614,8 @@ impl Gguf {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::quant::ggml::{BlockQ8_0, dequantize};
+    use crate::quant::ggml::dequantize;
+    use crate::quant::ggml::legacy::BlockQ8_0;
     use half::f16;
 
     /// A minimal GGUF writer for tests.

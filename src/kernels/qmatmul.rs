@@ -1,15 +1,34 @@
 //! Fused dequantize × matmul (`shaders/qmatmul.wgsl`): `y = x · deq(W)ᵀ` and its input gradient
 //! `dx = dy · deq(W)` against a base weight that stays block-quantized on the GPU (bitsandbytes
-//! NF4, ggml Q4_0 / Q4_1 / Q8_0). The base is frozen, so no weight gradient exists. For x with
-//! few rows (token-by-token decoding) the forward runs a matrix-vector kernel instead
-//! (`shaders/qgemv.wgsl`), reduced with subgroup operations where the device has them.
+//! NF4, every ggml block type: Q4_0 … Q8_0 and the K-quants Q2_K … Q6_K). The base is frozen, so
+//! no weight gradient exists. For x with few rows (token-by-token decoding) the forward runs a
+//! matrix-vector kernel instead (`shaders/qgemv.wgsl`), reduced with subgroup operations where
+//! the device has them.
 //!
-//! All four formats share one GPU layout, [`PackedHost`]: codes re-laid 8 (4-bit) or 4 (8-bit)
-//! per u32 in element order, then f32 scales, then f32 mins (Q4_1). Converting from the file
-//! layouts only moves bits (codes keep their values; f16 scales widen exactly), so the values the
-//! kernel decodes are exactly the file's.
+//! All formats share one GPU layout, [`PackedHost`], described in `shaders/qdecode.wgsl`: the
+//! integer codes of [`ggml::Unpacked`] in a dense low bit plane (2, 4 or 8 bits) and an optional
+//! high plane (1 or 2 bits) in element order, then f32 block scales (and mins), then the K-quants'
+//! 4- or 8-bit sub-block scale and min codes. Converting from the file layouts only moves bits
+//! (codes and sub-block codes keep their values; f16 scales widen exactly), so the kernel decodes
+//! exactly the file's values, and the buffer stays within 1.2× of the file's size:
+//!
+//! | type | file bits/weight | GPU bits/weight |
+//! |------|-----------------:|----------------:|
+//! | NF4 (block 64) | 4.5 | 4.5 |
+//! | Q4_0 | 4.5 | 5.0 |
+//! | Q4_1 | 5.0 | 6.0 |
+//! | Q5_0 | 5.5 | 6.0 |
+//! | Q5_1 | 6.0 | 7.0 |
+//! | Q8_0 | 8.5 | 9.0 |
+//! | Q2_K | 2.625 | 2.75 |
+//! | Q3_K | 3.4375 | 3.625 |
+//! | Q4_K | 4.5 | 4.75 |
+//! | Q5_K | 5.5 | 5.75 |
+//! | Q6_K | 6.5625 | 6.625 |
+//!
+//! (Q4_1 and Q5_1 are the only ones above 1.1×: their f16 scale and min widen to f32.)
 
-use crate::quant::ggml::GgmlType;
+use crate::quant::ggml::{self, CodeScheme, GgmlType, Unpacked};
 use crate::quant::nf4::{NF4_CODE, Nf4Tensor};
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
@@ -21,7 +40,6 @@ use burn::backend::{Autodiff, Dispatch, backend_extension};
 use burn::cubecl::CubeDim;
 use burn::cubecl::prelude::KernelId;
 use burn::tensor::{DType, Device, Int, Tensor, TensorData};
-use half::f16;
 
 /// Why a weight cannot take the fused path.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -59,46 +77,48 @@ pub enum QError {
 pub enum QFormat {
     /// bitsandbytes NF4: `code[c] · absmax`.
     Nf4,
-    /// ggml Q4_0: `(c - 8) · d`.
-    Q4_0,
-    /// ggml Q4_1: `c · d + m`.
-    Q4_1,
-    /// ggml Q8_0: `i8(c) · d`.
-    Q8_0,
+    /// A ggml block type (legacy or K-quant), decoded by its [`CodeScheme`].
+    Ggml(GgmlType),
 }
 
 impl QFormat {
-    fn id(self) -> u32 {
-        match self {
-            QFormat::Nf4 => 0,
-            QFormat::Q4_0 => 1,
-            QFormat::Q4_1 => 2,
-            QFormat::Q8_0 => 3,
-        }
-    }
-
-    /// Bits per code.
-    pub fn bits(self) -> usize {
-        if self == QFormat::Q8_0 { 8 } else { 4 }
-    }
-
     /// Name as users know it.
     pub fn name(self) -> &'static str {
         match self {
             QFormat::Nf4 => "NF4",
-            QFormat::Q4_0 => "Q4_0",
-            QFormat::Q4_1 => "Q4_1",
-            QFormat::Q8_0 => "Q8_0",
+            QFormat::Ggml(ty) => ty.name(),
         }
     }
 
-    /// The value of code `c` before scaling (CPU mirror of the shader's `decode`).
-    fn decode(self, c: u32) -> f32 {
+    /// Every format the kernel reads, with a block size it is used with (for validation and
+    /// benchmarks).
+    pub fn all() -> Vec<QFormat> {
+        std::iter::once(QFormat::Nf4)
+            .chain(
+                GgmlType::ALL
+                    .into_iter()
+                    .filter(|t| t.scheme().is_some())
+                    .map(QFormat::Ggml),
+            )
+            .collect()
+    }
+
+    /// The code scheme with `block` values per scale (NF4's block size is per tensor).
+    fn scheme(self, block: usize) -> Result<CodeScheme, QError> {
         match self {
-            QFormat::Nf4 => NF4_CODE[c as usize],
-            QFormat::Q4_0 => (c as i32 - 8) as f32,
-            QFormat::Q4_1 => c as f32,
-            QFormat::Q8_0 => (c as u8 as i8) as f32,
+            QFormat::Nf4 => Ok(CodeScheme {
+                values: block,
+                lo_bits: 4,
+                hi_bits: 0,
+                code_offset: 0,
+                sub: 0,
+                sub_bits: 0,
+                sub_offset: 0,
+                has_min: false,
+            }),
+            QFormat::Ggml(ty) => ty
+                .scheme()
+                .ok_or_else(|| QError::Unsupported(ty.name().to_string())),
         }
     }
 }
@@ -108,26 +128,39 @@ impl QFormat {
 pub struct QLayout {
     /// Format of the codes.
     pub format: QFormat,
+    /// How values follow from codes (block size included).
+    pub scheme: CodeScheme,
     /// Rows (out_features).
     pub n: usize,
     /// Columns (in_features).
     pub k: usize,
-    /// Elements per scale.
-    pub block: usize,
+}
+
+/// Words of a plane of `count` entries of `bits` bits each (entries never straddle words).
+fn plane_words(count: usize, bits: u32) -> usize {
+    if bits == 0 {
+        0
+    } else {
+        count.div_ceil(32 / bits as usize)
+    }
 }
 
 impl QLayout {
-    fn new(format: QFormat, n: usize, k: usize, block: usize) -> Result<Self, QError> {
+    /// The layout of `format` for `[n, k]` with `block` values per scale (ggml types have their own).
+    pub fn new(format: QFormat, n: usize, k: usize, block: usize) -> Result<Self, QError> {
+        let scheme = format.scheme(block)?;
+        let block = scheme.values;
         // Blocks run over the flat row-major array (bitsandbytes) and may straddle rows; the
-        // kernel only needs every aligned group of 4 values inside one block and one u32 word.
+        // kernel only needs every aligned group of 4 values inside one block, one sub-block and
+        // one word of each plane.
         if block == 0 || !block.is_multiple_of(4) || !k.is_multiple_of(16) || k == 0 {
             return Err(QError::Unaligned { k, block });
         }
         let l = Self {
             format,
+            scheme,
             n,
             k,
-            block,
         };
         if l.total_words() > (128 << 20) / 4 {
             return Err(QError::TooLarge(l.total_words()));
@@ -135,27 +168,69 @@ impl QLayout {
         Ok(l)
     }
 
+    fn values(&self) -> usize {
+        self.n * self.k
+    }
+
     fn blocks(&self) -> usize {
-        (self.n * self.k).div_ceil(self.block)
+        self.values().div_ceil(self.scheme.values)
     }
 
-    fn code_words(&self) -> usize {
-        self.n * self.k * self.format.bits() / 32
+    fn subs(&self) -> usize {
+        self.blocks() * self.scheme.subs()
     }
 
-    fn mins_offset(&self) -> usize {
-        self.code_words() + self.blocks()
+    /// Word offsets of the sections after the low code plane, in order: high code plane, `d`,
+    /// `dmin`, sub-block scales, sub-block mins, end (absent sections are empty).
+    fn offsets(&self) -> [usize; 6] {
+        let s = &self.scheme;
+        let mins = s.has_min as usize;
+        let sub_mins = (s.has_min && s.sub > 0) as usize;
+        let hi = plane_words(self.values(), s.lo_bits);
+        let d = hi + plane_words(self.values(), s.hi_bits);
+        let dmin = d + self.blocks();
+        let sc = dmin + mins * self.blocks();
+        let m = sc + plane_words(self.subs(), s.sub_bits);
+        let end = m + sub_mins * plane_words(self.subs(), s.sub_bits);
+        [hi, d, dmin, sc, m, end]
     }
 
     /// u32 words of the packed buffer.
     pub fn total_words(&self) -> usize {
-        let mins = if self.format == QFormat::Q4_1 {
-            self.blocks()
-        } else {
-            0
-        };
-        self.code_words() + self.blocks() + mins
+        self.offsets()[5]
     }
+
+    /// Bits per weight on the GPU (the packed buffer over the weight's values).
+    pub fn gpu_bits_per_weight(&self) -> f64 {
+        self.total_words() as f64 * 32.0 / self.values() as f64
+    }
+}
+
+/// Writes a plane of `bits`-bit entries from word `start` on.
+struct PlaneWriter {
+    start: usize,
+    bits: u32,
+    next: usize,
+}
+
+impl PlaneWriter {
+    fn put(&mut self, words: &mut [u32], v: u32) {
+        if self.bits == 0 {
+            return;
+        }
+        let per = 32 / self.bits as usize;
+        words[self.start + self.next / per] |= v << ((self.next % per) as u32 * self.bits);
+        self.next += 1;
+    }
+}
+
+/// Reads entry `i` of a plane of `bits`-bit entries starting at word `start`.
+fn plane_get(words: &[u32], start: usize, bits: u32, i: usize) -> u32 {
+    if bits == 0 {
+        return 0;
+    }
+    let per = 32 / bits as usize;
+    (words[start + i / per] >> ((i % per) as u32 * bits)) & ((1u32 << bits) - 1)
 }
 
 /// A weight in the kernel's layout, on the host.
@@ -163,30 +238,70 @@ impl QLayout {
 pub struct PackedHost {
     /// Shape and format.
     pub layout: QLayout,
-    /// Codes, then scales, then mins (see the module doc).
+    /// The sections of the module doc, in order.
     pub words: Vec<u32>,
 }
 
-impl PackedHost {
-    fn from_codes(
-        layout: QLayout,
-        codes: impl Iterator<Item = u32>,
-        scales: &[f32],
-        mins: &[f32],
-    ) -> Self {
-        let bits = layout.format.bits();
-        let per_word = 32 / bits;
-        let mut words = vec![0u32; layout.total_words()];
-        for (i, c) in codes.enumerate() {
-            words[i / per_word] |= c << ((i % per_word) * bits);
+/// Fills a [`PackedHost`] block by block from unpacked blocks.
+struct Packer {
+    layout: QLayout,
+    words: Vec<u32>,
+    planes: [PlaneWriter; 4],
+    block: usize,
+}
+
+impl Packer {
+    fn new(layout: QLayout) -> Self {
+        let s = layout.scheme;
+        let [hi, _, _, sc, m, end] = layout.offsets();
+        let plane = |start, bits| PlaneWriter {
+            start,
+            bits,
+            next: 0,
+        };
+        Self {
+            layout,
+            words: vec![0u32; end],
+            planes: [
+                plane(0, s.lo_bits),
+                plane(hi, s.hi_bits),
+                plane(sc, s.sub_bits),
+                plane(m, if s.has_min { s.sub_bits } else { 0 }),
+            ],
+            block: 0,
         }
-        let s = layout.code_words();
-        for (w, v) in words[s..].iter_mut().zip(scales.iter().chain(mins)) {
-            *w = v.to_bits();
-        }
-        Self { layout, words }
     }
 
+    /// Appends one block's first `len` codes (the last NF4 block may be partial).
+    fn push(&mut self, u: &Unpacked, len: usize) {
+        let s = self.layout.scheme;
+        let lo_mask = (1u32 << s.lo_bits) - 1;
+        let [lo, hi, sc, m] = &mut self.planes;
+        for &c in &u.codes[..len] {
+            lo.put(&mut self.words, c as u32 & lo_mask);
+            hi.put(&mut self.words, c as u32 >> s.lo_bits);
+        }
+        for j in 0..s.subs() {
+            sc.put(&mut self.words, u.scales[j] as u32);
+            m.put(&mut self.words, u.mins[j] as u32);
+        }
+        let [_, d, dmin, ..] = self.layout.offsets();
+        self.words[d + self.block] = u.d.to_bits();
+        if s.has_min {
+            self.words[dmin + self.block] = u.dmin.to_bits();
+        }
+        self.block += 1;
+    }
+
+    fn finish(self) -> PackedHost {
+        PackedHost {
+            layout: self.layout,
+            words: self.words,
+        }
+    }
+}
+
+impl PackedHost {
     /// From bitsandbytes NF4 (two codes per byte, high nibble first; fp32 absmax per block).
     pub fn from_nf4(t: &Nf4Tensor) -> Result<Self, QError> {
         let (n, k) = match t.shape.as_slice() {
@@ -211,81 +326,70 @@ impl PackedHost {
                 ),
             });
         }
-        let codes = t
-            .packed
-            .iter()
-            .flat_map(|b| [(*b >> 4) as u32, (*b & 15) as u32]);
-        Ok(Self::from_codes(layout, codes, &t.absmax, &[]))
+        let mut packer = Packer::new(layout);
+        let mut u = Unpacked::default();
+        for (bytes, &absmax) in t.packed.chunks(t.blocksize / 2).zip(&t.absmax) {
+            for (j, b) in bytes.iter().enumerate() {
+                u.codes[2 * j] = b >> 4;
+                u.codes[2 * j + 1] = b & 15;
+            }
+            u.d = absmax;
+            packer.push(&u, bytes.len() * 2);
+        }
+        Ok(packer.finish())
     }
 
     /// From ggml blocks (rows of `k` values, `ty.row_bytes(k)` bytes each).
     pub fn from_ggml(ty: GgmlType, bytes: &[u8], n: usize, k: usize) -> Result<Self, QError> {
-        let format = match ty {
-            GgmlType::Q4_0 => QFormat::Q4_0,
-            GgmlType::Q4_1 => QFormat::Q4_1,
-            GgmlType::Q8_0 => QFormat::Q8_0,
-            other => return Err(QError::Unsupported(other.name().to_string())),
-        };
-        let layout = QLayout::new(format, n, k, 32)?;
-        let block_bytes = ty.block_bytes();
-        if bytes.len() != layout.blocks() * block_bytes {
-            return Err(QError::Mismatch {
-                n,
-                k,
-                what: format!("{} bytes of {}", bytes.len(), ty.name()),
-            });
+        let layout = QLayout::new(QFormat::Ggml(ty), n, k, 0)?;
+        let mismatch = |what: String| QError::Mismatch { n, k, what };
+        let row = ty.row_bytes(k).map_err(|e| mismatch(e.to_string()))?;
+        if Some(bytes.len()) != row.checked_mul(n) {
+            return Err(mismatch(format!("{} bytes of {}", bytes.len(), ty.name())));
         }
-        let half_at = |b: &[u8], at: usize| f16::from_le_bytes([b[at], b[at + 1]]).to_f32();
-        let blocks = || bytes.chunks_exact(block_bytes);
-        let scales: Vec<f32> = blocks().map(|b| half_at(b, 0)).collect();
-        let mins: Vec<f32> = if format == QFormat::Q4_1 {
-            blocks().map(|b| half_at(b, 2)).collect()
-        } else {
-            Vec::new()
-        };
-        let host = match format {
-            QFormat::Q8_0 => Self::from_codes(
-                layout,
-                blocks().flat_map(|b| b[2..34].iter().map(|&q| q as u32)),
-                &scales,
-                &mins,
-            ),
-            _ => {
-                let qs_at = if format == QFormat::Q4_1 { 4 } else { 2 };
-                // byte j of a block holds value j (low nibble) and value j + 16 (high nibble).
-                let codes = blocks().flat_map(|b| {
-                    let qs = &b[qs_at..qs_at + 16];
-                    (0..32).map(move |i| {
-                        if i < 16 {
-                            (qs[i] & 15) as u32
-                        } else {
-                            (qs[i - 16] >> 4) as u32
-                        }
-                    })
-                });
-                Self::from_codes(layout, codes, &scales, &mins)
-            }
-        };
-        Ok(host)
+        let mut packer = Packer::new(layout);
+        let values = layout.scheme.values;
+        ggml::unpack_blocks(ty, bytes, |u| packer.push(u, values))
+            .map_err(|e| mismatch(e.to_string()))?;
+        Ok(packer.finish())
     }
 
     /// The dense `[n, k]` values, decoded exactly as the shader does (the CPU reference).
     pub fn dequantize(&self) -> Vec<f32> {
         let l = &self.layout;
-        let bits = l.format.bits();
-        let per_word = 32 / bits;
-        let mask = (1u32 << bits) - 1;
-        let s = l.code_words();
-        (0..l.n * l.k)
+        let s = &l.scheme;
+        let [hi, d_at, dmin_at, sc_at, m_at, _] = l.offsets();
+        let w = &self.words;
+        (0..l.values())
             .map(|i| {
-                let c = (self.words[i / per_word] >> ((i % per_word) * bits)) & mask;
-                let blk = i / l.block;
-                let lo = if l.format == QFormat::Q4_1 {
-                    f32::from_bits(self.words[l.mins_offset() + blk])
+                let c =
+                    plane_get(w, 0, s.lo_bits, i) | (plane_get(w, hi, s.hi_bits, i) << s.lo_bits);
+                let q = match l.format {
+                    QFormat::Nf4 => NF4_CODE[c as usize],
+                    QFormat::Ggml(_) => (c as i32 - s.code_offset) as f32,
+                };
+                let blk = i / s.values;
+                let d = f32::from_bits(w[d_at + blk]);
+                let dmin = if s.has_min {
+                    f32::from_bits(w[dmin_at + blk])
                 } else {
                     0.0
                 };
-                l.format.decode(c) * f32::from_bits(self.words[s + blk]) + lo
+                if let Some(j) = i.checked_div(s.sub) {
+                    let scale =
+                        d * (plane_get(w, sc_at, s.sub_bits, j) as i32 - s.sub_offset) as f32;
+                    // -0.0 is the additive identity (keeps a -0.0 product, as ggml does).
+                    let lo = if s.has_min {
+                        -(dmin * plane_get(w, m_at, s.sub_bits, j) as f32)
+                    } else {
+                        -0.0
+                    };
+                    scale * q + lo
+                } else if s.has_min {
+                    q * d + dmin
+                } else {
+                    q * d
+                }
             })
             .collect()
     }
@@ -360,8 +464,8 @@ impl KernelSource for QMatmulSource {
 
     fn id(&self) -> KernelId {
         KernelId::new::<Self>().info((
-            self.layout.format.id(),
-            self.layout.block as u32,
+            self.layout.format,
+            self.layout.scheme,
             self.input_grad,
             self.kernel,
         ))
@@ -392,25 +496,26 @@ pub fn kernel_template(layout: &QLayout, input_grad: bool, kernel: QKernel) -> S
             SourceTemplate::new(SOURCE).add_template(super::UNIFORM_INFO)
         }
     };
+    let s = &layout.scheme;
     t.add_template(DECODE)
-        .register("format", layout.format.id().to_string())
-        .register("bits", layout.format.bits().to_string())
-        .register("block", layout.block.to_string())
+        .register("table", (layout.format == QFormat::Nf4).to_string())
+        .register("lo_bits", s.lo_bits.to_string())
+        .register("hi_bits", s.hi_bits.to_string())
+        .register("code_offset", s.code_offset.to_string())
+        .register("block", s.values.to_string())
+        .register("sub", s.sub.to_string())
+        .register("sub_bits", s.sub_bits.to_string())
+        .register("sub_offset", s.sub_offset.to_string())
+        .register("has_min", s.has_min.to_string())
         .register("input_grad", input_grad.to_string())
 }
 
 /// Every complete kernel launched for `kernels`: each format × (both directions for the tiled
 /// kernel, the forward for the others), for validation.
 fn variants_of(kernels: &[QKernel]) -> Vec<(String, String)> {
-    let layouts = [
-        (QFormat::Nf4, 64),
-        (QFormat::Q4_0, 32),
-        (QFormat::Q4_1, 32),
-        (QFormat::Q8_0, 32),
-    ];
     let mut out = Vec::new();
-    for (format, block) in layouts {
-        let layout = QLayout::new(format, 2, 64, block).expect("a valid layout");
+    for format in QFormat::all() {
+        let layout = QLayout::new(format, 2, 256, 64).expect("a valid layout");
         for &kernel in kernels {
             let directions: &[bool] = if kernel == QKernel::Tiled {
                 &[false, true]
@@ -503,12 +608,16 @@ impl QuantKernels for CubeBackend {
             )
         };
         let out = super::empty_f32(&x, vec![m, cols]);
-        let info: [u32; 5] = [
+        let [hi, d, dmin, sc, sub_min, _] = layout.offsets().map(|o| o as u32);
+        let info: [u32; 8] = [
             m as u32,
             layout.n as u32,
             layout.k as u32,
-            layout.code_words() as u32,
-            layout.mins_offset() as u32,
+            hi,
+            d,
+            dmin,
+            sc,
+            sub_min,
         ];
         super::launch(
             &x,
@@ -683,24 +792,24 @@ mod tests {
 
     #[test]
     fn ggml_repack_decodes_like_ggml() {
-        let (n, k) = (3, 64);
-        for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0] {
-            let bytes: Vec<u8> = (0..n * ty.row_bytes(k).unwrap())
-                .map(|i| {
-                    // small positive f16 scales, arbitrary codes
-                    let at = i % ty.block_bytes();
-                    if at < 4 && (ty == GgmlType::Q4_1 || at < 2) {
-                        if at % 2 == 0 { 0x66 } else { 0x26 }
-                    } else {
-                        (i * 37 % 251) as u8
-                    }
-                })
-                .collect();
+        for format in QFormat::all() {
+            let QFormat::Ggml(ty) = format else { continue };
+            let (n, k) = (3, 512);
+            let bytes = ggml::synthetic_blocks(ty, n * k, 7).unwrap();
             let host = PackedHost::from_ggml(ty, &bytes, n, k).unwrap();
-            assert_eq!(
-                host.dequantize(),
-                ggml::dequantize(ty, &bytes, n * k).unwrap(),
+            let want = ggml::dequantize(ty, &bytes, n * k).unwrap();
+            let got = host.dequantize();
+            assert!(
+                got.iter()
+                    .zip(&want)
+                    .all(|(a, b)| a.to_bits() == b.to_bits()),
                 "{ty:?}"
+            );
+            let file_bpw = ty.bits_per_weight();
+            let gpu_bpw = host.layout.gpu_bits_per_weight();
+            assert!(
+                gpu_bpw <= 1.25 * file_bpw,
+                "{ty:?}: {gpu_bpw} vs {file_bpw}"
             );
         }
     }

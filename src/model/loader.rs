@@ -245,6 +245,26 @@ fn read_gguf(bytes: &[u8], file: &str) -> Result<ModelFiles, LoadError> {
     })
 }
 
+/// The decoder linears' roles: block-quantized ones stay packed on GPU devices.
+const LINEAR_ROLES: [Role; 7] = [
+    Role::AttnQ,
+    Role::AttnK,
+    Role::AttnV,
+    Role::AttnO,
+    Role::FfnGate,
+    Role::FfnUp,
+    Role::FfnDown,
+];
+
+/// `files`' tensors grouped by storage type, with their size in the file and on a GPU device.
+pub fn tensor_groups(files: &ModelFiles) -> Vec<crate::model::weights::TensorGroup> {
+    let c = &files.config;
+    let linears: std::collections::BTreeSet<String> = (0..c.num_hidden_layers)
+        .flat_map(|l| LINEAR_ROLES.map(|r| c.arch.hf_name(r, Some(l))))
+        .collect();
+    files.checkpoint.groups(|name| linears.contains(name))
+}
+
 /// Check every expected tensor exists with the right shape, then upload to `device`
 /// (block-quantized decoder linears stay packed on GPU devices).
 pub fn build_decoder(

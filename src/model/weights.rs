@@ -2,7 +2,7 @@
 //! packed here; [`HostTensor::to_f32`] dequantizes them for dense upload (CPU backend) and
 //! [`Checkpoint::take_packed`] re-lays them for the fused GPU kernel.
 
-use crate::kernels::qmatmul::PackedHost;
+use crate::kernels::qmatmul::{PackedHost, QFormat, QLayout};
 use crate::quant::ggml::{self, GgmlType};
 use std::collections::BTreeMap;
 
@@ -53,6 +53,18 @@ impl HostTensor {
             HostData::Nf4(t) => t.packed.len() + t.absmax.len() * 4,
             HostData::Ggml { bytes, .. } => bytes.len(),
         }
+    }
+
+    /// Bytes in the fused kernel's packed GPU layout, when this is a 2-D block-quantized weight the
+    /// kernel reads (`None` otherwise: it would be uploaded as f32).
+    pub fn packed_gpu_bytes(&self) -> Option<usize> {
+        let [n, k] = self.shape[..] else { return None };
+        let layout = match &self.data {
+            HostData::Nf4(t) => QLayout::new(QFormat::Nf4, n, k, t.blocksize),
+            HostData::Ggml { ty, .. } => QLayout::new(QFormat::Ggml(*ty), n, k, 0),
+            HostData::F32(_) => return None,
+        };
+        layout.ok().map(|l| l.total_words() * 4)
     }
 
     /// The values as f32: the single dequantize-on-load point for quantized tensors.
@@ -111,5 +123,69 @@ impl Checkpoint {
             }
             _ => None,
         }
+    }
+}
+
+/// Per storage type of a checkpoint: how many tensors, their size in the file and on a GPU device
+/// (where the decoder linears stay packed and everything else is f32), for `inspect` and the apps.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct TensorGroup {
+    /// Storage type (`F32`, `BF16`, `Q4_K`, `NF4`, ...).
+    pub ty: String,
+    /// Tensors of this type.
+    pub count: usize,
+    /// Their parameters.
+    pub numel: usize,
+    /// Their bytes as stored.
+    pub bytes: usize,
+    /// Their bytes on a GPU device.
+    pub gpu_bytes: usize,
+    /// How many of them stay packed on a GPU device.
+    pub packed_count: usize,
+    /// Parameters of those.
+    pub packed_numel: usize,
+    /// Their packed bytes on the GPU.
+    pub packed_bytes: usize,
+}
+
+impl TensorGroup {
+    /// Bits per weight as stored.
+    pub fn stored_bpw(&self) -> f64 {
+        self.bytes as f64 * 8.0 / self.numel.max(1) as f64
+    }
+
+    /// Bits per weight of the packed tensors on the GPU (`None` when none stays packed).
+    pub fn packed_bpw(&self) -> Option<f64> {
+        (self.packed_numel > 0).then(|| self.packed_bytes as f64 * 8.0 / self.packed_numel as f64)
+    }
+}
+
+impl Checkpoint {
+    /// Tensors grouped by storage type, sorted by type name; `is_packed_role(name)` says which
+    /// tensors the loader keeps packed on GPU devices (the decoder linears).
+    pub fn groups(&self, is_packed_role: impl Fn(&str) -> bool) -> Vec<TensorGroup> {
+        let mut groups: BTreeMap<&str, TensorGroup> = BTreeMap::new();
+        for (name, t) in &self.tensors {
+            let g = groups.entry(t.type_name()).or_default();
+            g.count += 1;
+            g.numel += t.numel();
+            g.bytes += t.stored_bytes();
+            match t.packed_gpu_bytes().filter(|_| is_packed_role(name)) {
+                Some(b) => {
+                    g.gpu_bytes += b;
+                    g.packed_count += 1;
+                    g.packed_numel += t.numel();
+                    g.packed_bytes += b;
+                }
+                None => g.gpu_bytes += t.numel() * 4,
+            }
+        }
+        groups
+            .into_iter()
+            .map(|(ty, g)| TensorGroup {
+                ty: ty.to_string(),
+                ..g
+            })
+            .collect()
     }
 }

@@ -177,8 +177,9 @@ fn unknown_architecture_and_bad_config() {
     assert_fails(&["inspect", "--model", s(&dir)], &["config.json", "JSON"]);
 }
 
-/// A minimal GGUF v3: llama metadata and one tensor of ggml type `ty`.
-fn tiny_gguf(ty: u32) -> Vec<u8> {
+/// A minimal GGUF v3: llama metadata and one tensor `[4, ne0]` of ggml type `ty` followed by
+/// `data` bytes of tensor data.
+fn tiny_gguf(ty: u32, ne0: u64, data: usize) -> Vec<u8> {
     let mut b = b"GGUF".to_vec();
     b.extend(3u32.to_le_bytes());
     b.extend(1u64.to_le_bytes()); // tensors
@@ -192,25 +193,40 @@ fn tiny_gguf(ty: u32) -> Vec<u8> {
     string(&mut b, "llama");
     string(&mut b, "blk.0.ffn_down.weight");
     b.extend(2u32.to_le_bytes());
-    b.extend(256u64.to_le_bytes());
+    b.extend(ne0.to_le_bytes());
     b.extend(4u64.to_le_bytes());
     b.extend(ty.to_le_bytes());
     b.extend(0u64.to_le_bytes());
     while !b.len().is_multiple_of(32) {
         b.push(0);
     }
-    b.extend(vec![0u8; 4 * 256 * 4]);
+    b.extend(vec![0u8; data]);
     b
 }
 
 #[test]
 fn unknown_quant_type_and_truncated_gguf() {
     let tmp = tempfile::tempdir().unwrap();
-    let q4k = tmp.path().join("q4k.gguf");
-    std::fs::write(&q4k, tiny_gguf(12)).unwrap();
+    // An i-quant (IQ4_XS, id 23) is named as unsupported.
+    let iq = tmp.path().join("iq4.gguf");
+    std::fs::write(&iq, tiny_gguf(23, 256, 4096)).unwrap();
     assert_fails(
-        &["inspect", "--model", s(&q4k)],
-        &["q4k.gguf", "Q4_K", "blk.0.ffn_down.weight"],
+        &["inspect", "--model", s(&iq)],
+        &["iq4.gguf", "IQ4_XS", "blk.0.ffn_down.weight"],
+    );
+    // Q6_K rows of 256 take 4 × 210 bytes: one byte short is a truncated block.
+    let cut = tmp.path().join("q6k-cut.gguf");
+    std::fs::write(&cut, tiny_gguf(14, 256, 4 * 210 - 1)).unwrap();
+    assert_fails(
+        &["inspect", "--model", s(&cut)],
+        &["q6k-cut.gguf", "blk.0.ffn_down.weight"],
+    );
+    // Q4_K rows of 320 values do not fill 256-value super-blocks.
+    let partial = tmp.path().join("q4k-320.gguf");
+    std::fs::write(&partial, tiny_gguf(12, 320, 4096)).unwrap();
+    assert_fails(
+        &["inspect", "--model", s(&partial)],
+        &["q4k-320.gguf", "blk.0.ffn_down.weight", "320", "256"],
     );
     let real = std::fs::read(asset("SmolLM2-135M-Instruct.Q4_1.gguf")).unwrap();
     for cut in [10usize, 5000, real.len() - 1000] {

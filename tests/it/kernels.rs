@@ -5,10 +5,10 @@
 use crate::common::{block, device};
 use burn::tensor::{Device, Tensor, TensorData};
 use wgtune::backend::{BackendChoice, select};
-use wgtune::kernels::qmatmul::{GEMV_MAX_ROWS, PackedHost, PackedWeight, QKernel};
+use wgtune::kernels::qmatmul::{GEMV_MAX_ROWS, PackedHost, PackedWeight, QFormat, QKernel};
 use wgtune::kernels::{SHADERS, has_wgsl_kernels};
 use wgtune::model::read_f32;
-use wgtune::quant::ggml::GgmlType;
+use wgtune::quant::ggml;
 use wgtune::quant::nf4::quantize_nf4;
 
 /// Deterministic values in [-1, 1) with a few large outliers.
@@ -23,33 +23,18 @@ pub(crate) fn values(n: usize, seed: u32) -> Vec<f32> {
         .collect()
 }
 
-/// One packed weight per format, `[n, k]`.
+/// One packed weight per format whose blocks fit rows of `k`, `[n, k]`: NF4 quantized from
+/// values, ggml blocks with arbitrary codes and finite scales of both signs.
 fn weights(n: usize, k: usize) -> Vec<PackedHost> {
     let mut nf4 = quantize_nf4(&values(n * k, 7), 64).unwrap();
     nf4.shape = vec![n, k];
     let mut out = vec![PackedHost::from_nf4(&nf4).unwrap()];
-    if !k.is_multiple_of(32) {
-        return out; // ggml rows are whole 32-blocks
-    }
-    for (i, ty) in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0]
-        .into_iter()
-        .enumerate()
-    {
-        // Real ggml blocks: f16 scale (and min) in a sane range, arbitrary codes.
-        let row = ty.row_bytes(k).unwrap();
-        let mut bytes = Vec::with_capacity(n * row);
-        let v = values(n * row, 11 + i as u32);
-        for (j, x) in v.iter().enumerate() {
-            let at = j % ty.block_bytes();
-            let scalar_bytes = if ty == GgmlType::Q4_1 { 4 } else { 2 };
-            if at < scalar_bytes && at % 2 == 0 {
-                let h = half::f16::from_f32(x * 0.05).to_le_bytes();
-                bytes.extend_from_slice(&h);
-            } else if at >= scalar_bytes {
-                bytes.push(((x + 1.0) * 127.9) as u8);
-            }
+    for (i, format) in QFormat::all().into_iter().enumerate() {
+        let QFormat::Ggml(ty) = format else { continue };
+        if k.is_multiple_of(ty.block_size()) {
+            let bytes = ggml::synthetic_blocks(ty, n * k, 11 + i as u64).unwrap();
+            out.push(PackedHost::from_ggml(ty, &bytes, n, k).unwrap());
         }
-        out.push(PackedHost::from_ggml(ty, &bytes, n, k).unwrap());
     }
     out
 }
@@ -149,8 +134,8 @@ fn fused_qmatmul_equals_dense_reference_on_wgpu() {
     ));
     // M, N not multiples of the 64 tile; K = 192 is not a multiple of the 64-wide output tile of
     // the input-gradient direction; K = 112 makes NF4's flat 64-blocks straddle rows and leaves a
-    // partial last block (7·112 = 784 = 12·64 + 16).
-    for (m, n, k) in [(37, 70, 192), (5, 3, 64), (7, 7, 112)] {
+    // partial last block (7·112 = 784 = 12·64 + 16); K = 512 takes the K-quants.
+    for (m, n, k) in [(37, 70, 192), (5, 3, 64), (7, 7, 112), (19, 67, 512)] {
         for host in weights(n, k) {
             let name = host.layout.format.name();
             let w = host.dequantize();
@@ -191,8 +176,14 @@ fn qgemv_equals_dense_reference_on_wgpu() {
         kernels.push(QKernel::GemvSubgroup);
     }
     // N not a multiple of the 4 columns per workgroup; K = 112 straddles NF4 blocks over rows;
-    // K = 320 gives invocations unequal shares of the 64 × 4 stride.
-    for (m, n, k) in [(1, 70, 192), (3, 5, 112), (8, 9, 320), (9, 4, 64)] {
+    // K = 320 gives invocations unequal shares of the 64 × 4 stride; K = 768 takes the K-quants.
+    for (m, n, k) in [
+        (1, 70, 192),
+        (3, 5, 112),
+        (8, 9, 320),
+        (9, 4, 64),
+        (2, 9, 768),
+    ] {
         for host in weights(n, k) {
             let name = host.layout.format.name();
             let w = host.dequantize();
@@ -227,7 +218,7 @@ fn qgemv_equals_dense_reference_on_wgpu() {
 #[test]
 fn fused_qmatmul_backward_through_autodiff() {
     let device = device("wgpu").autodiff();
-    for host in weights(33, 128).into_iter().chain(weights(5, 112)) {
+    for host in weights(33, 256).into_iter().chain(weights(5, 112)) {
         let (n, k, m) = (host.layout.n, host.layout.k, 9);
         let w = host.dequantize();
         let packed = PackedWeight::upload(&host, &device);

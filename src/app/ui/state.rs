@@ -179,18 +179,7 @@ impl MethodChoice {
     }
 }
 
-/// Per tensor type of a checkpoint: count, parameters and stored bytes.
-#[derive(Debug, Clone, PartialEq)]
-pub struct TensorGroup {
-    /// Storage type (`F32`, `BF16`, `Q4_1`, `NF4`, ...).
-    pub ty: String,
-    /// Tensors of this type.
-    pub count: usize,
-    /// Their parameters.
-    pub numel: usize,
-    /// Their bytes as stored.
-    pub bytes: usize,
-}
+pub use crate::model::weights::TensorGroup;
 
 /// What the model panel shows about a model, read from its files (no device needed).
 #[derive(Clone)]
@@ -212,26 +201,7 @@ pub struct ModelInfo {
 impl ModelInfo {
     /// Summarise model files read by [`crate::app::cli::read_model_files`].
     pub fn from_files(path: &str, files: crate::model::loader::ModelFiles) -> ModelInfo {
-        let mut groups: Vec<TensorGroup> = Vec::new();
-        for t in files.checkpoint.tensors.values() {
-            let ty = t.type_name().to_string();
-            let g = match groups.iter_mut().find(|g| g.ty == ty) {
-                Some(g) => g,
-                None => {
-                    groups.push(TensorGroup {
-                        ty,
-                        count: 0,
-                        numel: 0,
-                        bytes: 0,
-                    });
-                    groups.last_mut().expect("just pushed")
-                }
-            };
-            g.count += 1;
-            g.numel += t.numel();
-            g.bytes += t.stored_bytes();
-        }
-        groups.sort_by(|a, b| a.ty.cmp(&b.ty));
+        let groups = crate::model::loader::tensor_groups(&files);
         ModelInfo {
             path: path.to_string(),
             config: files.config,

@@ -1,12 +1,21 @@
 //! ggml tensor storage formats: type ids, block layouts and dequantisation.
 //!
-//! Mirrors `ggml.h` / `ggml-quants.c` for the formats wgtune reads (F32, F16, Q4_0, Q4_1,
-//! Q8_0). Blocks are decoded from little-endian bytes one field at a time, so the input slice
-//! may have any alignment. The float operations are the ones ggml (and the `gguf` Python
-//! package) perform, so results are bit-identical to theirs.
+//! Mirrors `ggml.h` / `ggml-quants.c` for the formats wgtune reads: the float types (F32, F16,
+//! BF16) here, the 32-value "legacy" blocks (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0) in [`legacy`] and the
+//! 256-value K-quant super-blocks (Q2_K … Q6_K) in [`kquants`]. Blocks are decoded from
+//! little-endian bytes one field at a time, so the input slice may have any alignment.
+//!
+//! Every block type first unpacks into [`Unpacked`] — one unsigned integer code per value plus
+//! the scales that apply to it — and its values follow from the type's [`CodeScheme`] with the
+//! float operations ggml (and the `gguf` Python package) perform, in the same order, so results
+//! are bit-identical to theirs. The GPU layout (`kernels::qmatmul`) re-lays the same codes and
+//! scales, so the fused kernel decodes the same values.
 
 use half::f16;
 use thiserror::Error;
+
+pub mod kquants;
+pub mod legacy;
 
 /// Errors from decoding ggml tensor data.
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
@@ -33,6 +42,12 @@ pub enum GgmlError {
         /// Bytes supplied.
         got: usize,
     },
+    /// A float type asked for block codes.
+    #[error("{ty} is a float type, not blocks of codes")]
+    NotBlocks {
+        /// The ggml type name.
+        ty: &'static str,
+    },
     /// A size computation overflowed `usize`.
     #[error("{ty} size of {n} values overflows usize")]
     Overflow {
@@ -45,17 +60,34 @@ pub enum GgmlError {
 
 /// The ggml tensor types wgtune can decode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[allow(non_camel_case_types)]
 pub enum GgmlType {
     /// 32-bit IEEE float (ggml id 0).
     F32,
     /// 16-bit IEEE float (ggml id 1).
     F16,
+    /// bfloat16: the top half of an f32 (ggml id 30).
+    BF16,
     /// 4-bit blocks of 32 with one f16 scale, symmetric (ggml id 2).
     Q4_0,
     /// 4-bit blocks of 32 with an f16 scale and an f16 minimum (ggml id 3).
     Q4_1,
+    /// 5-bit blocks of 32 with one f16 scale, symmetric (ggml id 6).
+    Q5_0,
+    /// 5-bit blocks of 32 with an f16 scale and an f16 minimum (ggml id 7).
+    Q5_1,
     /// 8-bit blocks of 32 with one f16 scale (ggml id 8).
     Q8_0,
+    /// 2-bit super-blocks of 256: 16 sub-blocks with 4-bit scales and mins (ggml id 10).
+    Q2_K,
+    /// 3-bit super-blocks of 256: 16 sub-blocks with 6-bit signed scales (ggml id 11).
+    Q3_K,
+    /// 4-bit super-blocks of 256: 8 sub-blocks with 6-bit scales and mins (ggml id 12).
+    Q4_K,
+    /// 5-bit super-blocks of 256: 8 sub-blocks with 6-bit scales and mins (ggml id 13).
+    Q5_K,
+    /// 6-bit super-blocks of 256: 16 sub-blocks with 8-bit signed scales (ggml id 14).
+    Q6_K,
 }
 
 /// Every ggml type id with its ggml name (`ggml_type` in ggml.h); gaps are removed types.
@@ -106,18 +138,25 @@ pub fn ggml_type_name(id: u32) -> &'static str {
 
 impl GgmlType {
     /// Every supported type, for listing them in messages.
-    pub const ALL: [GgmlType; 5] = [Self::F32, Self::F16, Self::Q4_0, Self::Q4_1, Self::Q8_0];
+    pub const ALL: [GgmlType; 13] = [
+        Self::F32,
+        Self::F16,
+        Self::BF16,
+        Self::Q4_0,
+        Self::Q4_1,
+        Self::Q5_0,
+        Self::Q5_1,
+        Self::Q8_0,
+        Self::Q2_K,
+        Self::Q3_K,
+        Self::Q4_K,
+        Self::Q5_K,
+        Self::Q6_K,
+    ];
 
     /// The supported type with this ggml id, or `None` for any other id.
     pub fn from_id(id: u32) -> Option<GgmlType> {
-        match id {
-            0 => Some(Self::F32),
-            1 => Some(Self::F16),
-            2 => Some(Self::Q4_0),
-            3 => Some(Self::Q4_1),
-            8 => Some(Self::Q8_0),
-            _ => None,
-        }
+        Self::ALL.into_iter().find(|t| t.id() == id)
     }
 
     /// The ggml type id, as stored in GGUF tensor infos.
@@ -127,7 +166,15 @@ impl GgmlType {
             Self::F16 => 1,
             Self::Q4_0 => 2,
             Self::Q4_1 => 3,
+            Self::Q5_0 => 6,
+            Self::Q5_1 => 7,
             Self::Q8_0 => 8,
+            Self::Q2_K => 10,
+            Self::Q3_K => 11,
+            Self::Q4_K => 12,
+            Self::Q5_K => 13,
+            Self::Q6_K => 14,
+            Self::BF16 => 30,
         }
     }
 
@@ -136,25 +183,53 @@ impl GgmlType {
         ggml_type_name(self.id())
     }
 
+    /// How values are built from codes, for block-quantized types (`None` for float types).
+    pub fn scheme(&self) -> Option<CodeScheme> {
+        use kquants::*;
+        use legacy::*;
+        match self {
+            Self::F32 | Self::F16 | Self::BF16 => None,
+            Self::Q4_0 => Some(BlockQ4_0::SCHEME),
+            Self::Q4_1 => Some(BlockQ4_1::SCHEME),
+            Self::Q5_0 => Some(BlockQ5_0::SCHEME),
+            Self::Q5_1 => Some(BlockQ5_1::SCHEME),
+            Self::Q8_0 => Some(BlockQ8_0::SCHEME),
+            Self::Q2_K => Some(BlockQ2K::SCHEME),
+            Self::Q3_K => Some(BlockQ3K::SCHEME),
+            Self::Q4_K => Some(BlockQ4K::SCHEME),
+            Self::Q5_K => Some(BlockQ5K::SCHEME),
+            Self::Q6_K => Some(BlockQ6K::SCHEME),
+        }
+    }
+
     /// Values per block (1 for plain float types).
     pub fn block_size(&self) -> usize {
-        match self {
-            Self::F32 | Self::F16 => 1,
-            Self::Q4_0 => BlockQ4_0::VALUES,
-            Self::Q4_1 => BlockQ4_1::VALUES,
-            Self::Q8_0 => BlockQ8_0::VALUES,
-        }
+        self.scheme().map_or(1, |s| s.values)
     }
 
     /// Bytes per block.
     pub fn block_bytes(&self) -> usize {
+        use kquants::*;
+        use legacy::*;
         match self {
             Self::F32 => 4,
-            Self::F16 => 2,
+            Self::F16 | Self::BF16 => 2,
             Self::Q4_0 => BlockQ4_0::BYTES,
             Self::Q4_1 => BlockQ4_1::BYTES,
+            Self::Q5_0 => BlockQ5_0::BYTES,
+            Self::Q5_1 => BlockQ5_1::BYTES,
             Self::Q8_0 => BlockQ8_0::BYTES,
+            Self::Q2_K => BlockQ2K::BYTES,
+            Self::Q3_K => BlockQ3K::BYTES,
+            Self::Q4_K => BlockQ4K::BYTES,
+            Self::Q5_K => BlockQ5K::BYTES,
+            Self::Q6_K => BlockQ6K::BYTES,
         }
+    }
+
+    /// Bits per weight as stored in the file (block bytes · 8 / block values).
+    pub fn bits_per_weight(&self) -> f64 {
+        self.block_bytes() as f64 * 8.0 / self.block_size() as f64
     }
 
     /// Bytes taken by `n_cols` values (one row); errors if they do not fill whole blocks.
@@ -176,162 +251,212 @@ impl GgmlType {
     }
 }
 
-/// A fixed-size ggml block that decodes to `VALUES` floats.
-trait Block: Sized {
-    /// Values in one block.
-    const VALUES: usize;
+/// How a block-quantized type builds values from unsigned integer codes: per value a code of
+/// `lo_bits + hi_bits` bits (`q = code − code_offset`); per super-block of `values` an f32 scale
+/// `d` (and `dmin`); for K-quants per sub-block of `sub` values a scale code `s` and min code `m`
+/// of `sub_bits` bits. A value is
+///
+/// - without sub-blocks (legacy types): `q · d`, plus `dmin` (ggml's `m`) when `has_min`;
+/// - with sub-blocks (K-quants): `(d · (s − sub_offset)) · q`, minus `dmin · m` when `has_min`.
+///
+/// Those are ggml's operations in ggml's order (`ggml-quants.c`), hence bit-exact.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct CodeScheme {
+    /// Values per (super-)block: one `d` (and `dmin`) each.
+    pub values: usize,
+    /// Low code bits (2, 4 or 8): the dense bit plane every type has.
+    pub lo_bits: u32,
+    /// High code bits (0, 1 or 2): a second plane for 3-, 5- and 6-bit codes.
+    pub hi_bits: u32,
+    /// Subtracted from a code to give its signed value.
+    pub code_offset: i32,
+    /// Values per sub-block scale (16 or 32), or 0 for types without sub-blocks.
+    pub sub: usize,
+    /// Bits of a sub-block scale or min code (4 or 8).
+    pub sub_bits: u32,
+    /// Subtracted from a sub-block scale code.
+    pub sub_offset: i32,
+    /// Whether values carry an offset (`dmin`).
+    pub has_min: bool,
+}
+
+impl CodeScheme {
+    /// A legacy 32-value block: no sub-blocks.
+    const fn legacy(lo_bits: u32, hi_bits: u32, code_offset: i32, has_min: bool) -> Self {
+        Self {
+            values: 32,
+            lo_bits,
+            hi_bits,
+            code_offset,
+            sub: 0,
+            sub_bits: 0,
+            sub_offset: 0,
+            has_min,
+        }
+    }
+
+    /// Sub-blocks per super-block.
+    pub fn subs(&self) -> usize {
+        self.values.checked_div(self.sub).unwrap_or(0)
+    }
+
+    /// Writes the values of one unpacked block into `out` (length `values`).
+    pub fn dequantize_into(&self, u: &Unpacked, out: &mut [f32]) {
+        let q = |i: usize| (u.codes[i] as i32 - self.code_offset) as f32;
+        if self.sub == 0 {
+            for (i, o) in out.iter_mut().enumerate() {
+                let v = q(i) * u.d;
+                *o = if self.has_min { v + u.dmin } else { v };
+            }
+            return;
+        }
+        for (j, chunk) in out.chunks_exact_mut(self.sub).enumerate() {
+            let d1 = u.d * (u.scales[j] as i32 - self.sub_offset) as f32;
+            let m1 = u.dmin * u.mins[j] as f32;
+            for (l, o) in chunk.iter_mut().enumerate() {
+                let v = d1 * q(j * self.sub + l);
+                *o = if self.has_min { v - m1 } else { v };
+            }
+        }
+    }
+}
+
+/// One block unpacked into integer codes and the scales that apply to them (see [`CodeScheme`]);
+/// arrays are sized for the largest block, a type uses its first `values` / `subs()` entries.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Unpacked {
+    /// Per value, in element order: the unsigned code.
+    pub codes: [u8; 256],
+    /// Per sub-block: the scale code.
+    pub scales: [u8; 16],
+    /// Per sub-block: the min code.
+    pub mins: [u8; 16],
+    /// The super-block scale.
+    pub d: f32,
+    /// The super-block min (legacy `m`, K-quant `dmin`), 0 without.
+    pub dmin: f32,
+}
+
+impl Default for Unpacked {
+    fn default() -> Self {
+        Self {
+            codes: [0; 256],
+            scales: [0; 16],
+            mins: [0; 16],
+            d: 0.0,
+            dmin: 0.0,
+        }
+    }
+}
+
+/// A fixed-size ggml block: its file layout and its codes.
+pub trait Block: Sized {
     /// Bytes of one block in the file.
     const BYTES: usize;
+    /// How its values follow from its codes.
+    const SCHEME: CodeScheme;
     /// Decodes one block from exactly `BYTES` little-endian bytes.
     fn read(bytes: &[u8]) -> Self;
-    /// Writes the block's values into `out` (length `VALUES`).
-    fn dequantize_into(&self, out: &mut [f32]);
+    /// Its codes and scales.
+    fn unpack(&self, out: &mut Unpacked);
+    /// Writes the block's values into `out` (length `SCHEME.values`).
+    fn dequantize_into(&self, out: &mut [f32]) {
+        let mut u = Unpacked::default();
+        self.unpack(&mut u);
+        Self::SCHEME.dequantize_into(&u, out);
+    }
 }
 
 /// Reads a little-endian f16 at `at` (caller guarantees the range is in bounds).
-fn f16_at(bytes: &[u8], at: usize) -> f16 {
+pub(crate) fn f16_at(bytes: &[u8], at: usize) -> f16 {
     f16::from_le_bytes([bytes[at], bytes[at + 1]])
 }
 
 /// Copies `N` bytes starting at `at` (caller guarantees the range is in bounds).
-fn array_at<const N: usize>(bytes: &[u8], at: usize) -> [u8; N] {
+pub(crate) fn array_at<const N: usize>(bytes: &[u8], at: usize) -> [u8; N] {
     let mut out = [0u8; N];
     out.copy_from_slice(&bytes[at..at + N]);
     out
 }
 
-/// ggml `block_q4_0`: 32 values `(nibble - 8) * d`; byte j holds value j (low) and j + 16 (high).
-#[repr(C)]
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct BlockQ4_0 {
-    /// Scale.
-    pub d: f16,
-    /// Packed 4-bit quants.
-    pub qs: [u8; 16],
-}
-
-impl BlockQ4_0 {
-    /// The block as ggml stores it (little endian), e.g. for writing test files.
-    pub fn to_bytes(&self) -> [u8; 18] {
-        let mut out = [0u8; 18];
-        out[..2].copy_from_slice(&self.d.to_le_bytes());
-        out[2..].copy_from_slice(&self.qs);
-        out
+/// Calls `f` with every block of type `B` in `bytes` (whole blocks, length already checked).
+fn for_blocks<B: Block>(bytes: &[u8], mut f: impl FnMut(&B)) {
+    for src in bytes.chunks_exact(B::BYTES) {
+        f(&B::read(src));
     }
 }
 
-impl Block for BlockQ4_0 {
-    const VALUES: usize = 32;
-    const BYTES: usize = 18;
-    fn read(bytes: &[u8]) -> Self {
-        Self {
-            d: f16_at(bytes, 0),
-            qs: array_at(bytes, 2),
+/// Unpacks every block of `ty` in `bytes` (`bytes.len()` a multiple of the block size) in order;
+/// errors for float types, which have no codes.
+pub fn unpack_blocks(
+    ty: GgmlType,
+    bytes: &[u8],
+    mut f: impl FnMut(&Unpacked),
+) -> Result<(), GgmlError> {
+    use kquants::*;
+    use legacy::*;
+    let mut u = Unpacked::default();
+    macro_rules! each {
+        ($b:ty) => {
+            for_blocks::<$b>(bytes, |b| {
+                b.unpack(&mut u);
+                f(&u)
+            })
+        };
+    }
+    match ty {
+        GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => {
+            return Err(GgmlError::NotBlocks { ty: ty.name() });
+        }
+        GgmlType::Q4_0 => each!(BlockQ4_0),
+        GgmlType::Q4_1 => each!(BlockQ4_1),
+        GgmlType::Q5_0 => each!(BlockQ5_0),
+        GgmlType::Q5_1 => each!(BlockQ5_1),
+        GgmlType::Q8_0 => each!(BlockQ8_0),
+        GgmlType::Q2_K => each!(BlockQ2K),
+        GgmlType::Q3_K => each!(BlockQ3K),
+        GgmlType::Q4_K => each!(BlockQ4K),
+        GgmlType::Q5_K => each!(BlockQ5K),
+        GgmlType::Q6_K => each!(BlockQ6K),
+    }
+    Ok(())
+}
+
+/// Byte offsets of the f16 fields (scales, mins) inside one block of `ty` (none for float types).
+fn f16_fields(ty: GgmlType) -> &'static [usize] {
+    match ty {
+        GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => &[],
+        GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0 => &[0],
+        GgmlType::Q4_1 | GgmlType::Q5_1 | GgmlType::Q4_K | GgmlType::Q5_K => &[0, 2],
+        GgmlType::Q2_K => &[80, 82],
+        GgmlType::Q3_K => &[108],
+        GgmlType::Q6_K => &[208],
+    }
+}
+
+/// `n_elems` values of block type `ty` with arbitrary codes and small finite f16 scales of both
+/// signs (a deterministic LCG from `seed`): inputs for kernel tests and benchmarks, not the
+/// quantization of anything.
+pub fn synthetic_blocks(ty: GgmlType, n_elems: usize, seed: u64) -> Result<Vec<u8>, GgmlError> {
+    if ty.scheme().is_none() {
+        return Err(GgmlError::NotBlocks { ty: ty.name() });
+    }
+    let mut s = seed;
+    let mut bytes: Vec<u8> = (0..ty.row_bytes(n_elems)?)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            (s >> 56) as u8
+        })
+        .collect();
+    for (b, block) in bytes.chunks_exact_mut(ty.block_bytes()).enumerate() {
+        for (f, &at) in f16_fields(ty).iter().enumerate() {
+            let v = [0.011f32, -0.027, 0.05, -1.5e-6][(b + f) % 4];
+            block[at..at + 2].copy_from_slice(&f16::from_f32(v).to_le_bytes());
         }
     }
-    fn dequantize_into(&self, out: &mut [f32]) {
-        let d = self.d.to_f32();
-        for (j, &q) in self.qs.iter().enumerate() {
-            out[j] = ((q & 0x0F) as i32 - 8) as f32 * d;
-            out[j + 16] = ((q >> 4) as i32 - 8) as f32 * d;
-        }
-    }
-}
-
-/// ggml `block_q4_1`: 32 values `nibble * d + m`; byte j holds value j (low) and j + 16 (high).
-#[repr(C)]
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct BlockQ4_1 {
-    /// Scale.
-    pub d: f16,
-    /// Minimum (offset).
-    pub m: f16,
-    /// Packed 4-bit quants.
-    pub qs: [u8; 16],
-}
-
-impl BlockQ4_1 {
-    /// The block as ggml stores it (little endian), e.g. for writing test files.
-    pub fn to_bytes(&self) -> [u8; 20] {
-        let mut out = [0u8; 20];
-        out[..2].copy_from_slice(&self.d.to_le_bytes());
-        out[2..4].copy_from_slice(&self.m.to_le_bytes());
-        out[4..].copy_from_slice(&self.qs);
-        out
-    }
-}
-
-impl Block for BlockQ4_1 {
-    const VALUES: usize = 32;
-    const BYTES: usize = 20;
-    fn read(bytes: &[u8]) -> Self {
-        Self {
-            d: f16_at(bytes, 0),
-            m: f16_at(bytes, 2),
-            qs: array_at(bytes, 4),
-        }
-    }
-    fn dequantize_into(&self, out: &mut [f32]) {
-        let (d, m) = (self.d.to_f32(), self.m.to_f32());
-        for (j, &q) in self.qs.iter().enumerate() {
-            out[j] = d * (q & 0x0F) as f32 + m;
-            out[j + 16] = d * (q >> 4) as f32 + m;
-        }
-    }
-}
-
-/// ggml `block_q8_0`: 32 values `q * d`.
-#[repr(C)]
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct BlockQ8_0 {
-    /// Scale.
-    pub d: f16,
-    /// Signed 8-bit quants.
-    pub qs: [i8; 32],
-}
-
-impl BlockQ8_0 {
-    /// The block as ggml stores it (little endian), e.g. for writing test files.
-    pub fn to_bytes(&self) -> [u8; 34] {
-        let mut out = [0u8; 34];
-        out[..2].copy_from_slice(&self.d.to_le_bytes());
-        for (o, q) in out[2..].iter_mut().zip(self.qs) {
-            *o = q.to_le_bytes()[0];
-        }
-        out
-    }
-}
-
-impl Block for BlockQ8_0 {
-    const VALUES: usize = 32;
-    const BYTES: usize = 34;
-    fn read(bytes: &[u8]) -> Self {
-        Self {
-            d: f16_at(bytes, 0),
-            qs: array_at::<32>(bytes, 2).map(|b| i8::from_le_bytes([b])),
-        }
-    }
-    fn dequantize_into(&self, out: &mut [f32]) {
-        let d = self.d.to_f32();
-        for (o, &q) in out.iter_mut().zip(&self.qs) {
-            *o = q as f32 * d;
-        }
-    }
-}
-
-// The repr(C) structs have exactly ggml's layout (no padding), so BYTES is their size.
-const _: () = assert!(std::mem::size_of::<BlockQ4_0>() == BlockQ4_0::BYTES);
-const _: () = assert!(std::mem::size_of::<BlockQ4_1>() == BlockQ4_1::BYTES);
-const _: () = assert!(std::mem::size_of::<BlockQ8_0>() == BlockQ8_0::BYTES);
-
-/// Decodes whole blocks of type `B` (lengths already checked to match).
-fn dequantize_blocks<B: Block>(bytes: &[u8], out: &mut [f32]) {
-    for (src, dst) in bytes
-        .chunks_exact(B::BYTES)
-        .zip(out.chunks_exact_mut(B::VALUES))
-    {
-        B::read(src).dequantize_into(dst);
-    }
+    Ok(bytes)
 }
 
 /// Decodes `n_elems` values of type `ty` to f32; `bytes` must be exactly their storage.
@@ -357,15 +482,27 @@ pub fn dequantize(ty: GgmlType, bytes: &[u8], n_elems: usize) -> Result<Vec<f32>
                 *o = f16_at(b, 0).to_f32();
             }
         }
-        GgmlType::Q4_0 => dequantize_blocks::<BlockQ4_0>(bytes, &mut out),
-        GgmlType::Q4_1 => dequantize_blocks::<BlockQ4_1>(bytes, &mut out),
-        GgmlType::Q8_0 => dequantize_blocks::<BlockQ8_0>(bytes, &mut out),
+        GgmlType::BF16 => {
+            for (o, b) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+                *o = f32::from_bits((u16::from_le_bytes([b[0], b[1]]) as u32) << 16);
+            }
+        }
+        _ => {
+            let scheme = ty.scheme().expect("block types have a scheme");
+            let mut chunks = out.chunks_exact_mut(scheme.values);
+            unpack_blocks(ty, bytes, |u| {
+                if let Some(dst) = chunks.next() {
+                    scheme.dequantize_into(u, dst);
+                }
+            })?;
+        }
     }
     Ok(out)
 }
 
 #[cfg(test)]
 mod tests {
+    use super::legacy::*;
     use super::*;
 
     #[test]
@@ -377,7 +514,9 @@ mod tests {
         assert_eq!(ggml_type_name(30), "BF16");
         assert_eq!(ggml_type_name(4), "unknown");
         assert_eq!(ggml_type_name(9999), "unknown");
-        assert_eq!(GgmlType::from_id(12), None);
+        assert_eq!(GgmlType::from_id(12), Some(GgmlType::Q4_K));
+        assert_eq!(GgmlType::from_id(20), None);
+        assert_eq!(GgmlType::Q6_K.bits_per_weight(), 6.5625);
         assert_eq!(GgmlType::Q4_1.name(), "Q4_1");
     }
 
