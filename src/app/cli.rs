@@ -429,9 +429,13 @@ fn cmd_eval(a: EvalArgs) -> Result<()> {
         return Ok(());
     }
     let (mut total, mut tokens) = (0.0f64, 0usize);
+    let model = lm.model.without_autodiff();
     for e in &examples {
-        let logits = lm.model.forward(std::slice::from_ref(&e.input_ids), None)?;
-        let (loss, count) = match causal_lm_loss(logits, std::slice::from_ref(&e.labels)) {
+        // The chunked loss: the same value without a `[T, V]` block of logits.
+        let (loss, count) = match model.chunked_loss(
+            std::slice::from_ref(&e.input_ids),
+            std::slice::from_ref(&e.labels),
+        ) {
             Ok(x) => x,
             Err(crate::model::ModelError::NoLabels) => continue,
             Err(err) => return Err(err.into()),

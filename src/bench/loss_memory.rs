@@ -9,6 +9,7 @@
 use super::{reset_peak_rss, status_bytes};
 use crate::model::loss::{CHUNK_ROWS, causal_lm_loss, chunked_causal_lm_loss};
 use crate::model::read_f32;
+use crate::model::vocab::VocabMatrix;
 use anyhow::Result;
 use burn::tensor::{Device, Distribution, Tensor};
 use std::time::Instant;
@@ -67,7 +68,13 @@ pub fn bench_loss_memory(
                     .reshape([batch, seq, vocab]);
                 causal_lm_loss(logits, &labels)?
             }
-            _ => chunked_causal_lm_loss(h.clone(), &head, None, &labels, CHUNK_ROWS)?,
+            _ => chunked_causal_lm_loss(
+                h.clone(),
+                &VocabMatrix::from_tensor(head.clone()),
+                None,
+                &labels,
+                CHUNK_ROWS,
+            )?,
         };
         let value = pollster::block_on(read_f32(loss.clone().detach()))?[0];
         let grads = loss.backward();

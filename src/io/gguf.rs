@@ -819,14 +819,14 @@ mod tests {
     #[test]
     fn unsupported_type_is_named() {
         let mut w = Writer::new(3, 1, 0);
-        w.tensor("blk.0.ffn_down.weight", &[256, 4], 12, 0);
+        w.tensor("blk.0.ffn_down.weight", &[256, 4], 23, 0);
         // Parsing succeeds (data of unsupported types is not checked); asking for the type fails.
         let g = Gguf::parse(&w.buf).unwrap();
         let err = g.tensors[0].ty().unwrap_err();
         assert_eq!(
             err.to_string(),
-            "tensor blk.0.ffn_down.weight has ggml type Q4_K, which wgtune does not support \
-             (supported: F32, F16, Q4_0, Q4_1, Q8_0)"
+            "tensor blk.0.ffn_down.weight has ggml type IQ4_XS, which wgtune does not support \
+             (supported: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K)"
         );
         assert!(g.tensor_bytes(&w.buf, &g.tensors[0]).is_err());
     }

@@ -8,7 +8,8 @@ use super::attention::{Attention, AttnContext, LayerCache, inv_freq};
 use super::config::{Activation, AttnKind, DecoderConfig, NormStyle};
 use super::linear::AdaptedLinear;
 use super::roles::Role;
-use burn::tensor::{Device, Int, Tensor, TensorData, activation, module::embedding};
+use super::vocab::VocabMatrix;
+use burn::tensor::{Device, Int, Tensor, TensorData, activation};
 
 pub use super::loss::causal_lm_loss;
 
@@ -223,14 +224,14 @@ impl Block {
 pub struct Decoder {
     /// Hyper-parameters and feature switches.
     pub config: DecoderConfig,
-    /// Token embedding `[V, hidden]` (also the head when tied).
-    pub embed_tokens: Tensor<2>,
+    /// Token embedding `[V, hidden]` (also the head when tied), in row shards.
+    pub embed_tokens: VocabMatrix,
     /// Decoder blocks.
     pub layers: Vec<Block>,
     /// Final norm.
     pub norm: RmsNorm,
-    /// Untied output head `[V, hidden]`.
-    pub lm_head: Option<Tensor<2>>,
+    /// Untied output head `[V, hidden]`, in row shards.
+    pub lm_head: Option<VocabMatrix>,
     /// RoPE inverse frequencies of global layers (host copy; tables are built per call).
     pub inv_freq: Vec<f32>,
     /// RoPE inverse frequencies of sliding layers, when they differ from the global ones.
@@ -292,10 +293,10 @@ impl Decoder {
     pub fn without_autodiff(&self) -> Decoder {
         Decoder {
             config: self.config.clone(),
-            embed_tokens: self.embed_tokens.clone().inner(),
+            embed_tokens: self.embed_tokens.inner(),
             layers: self.layers.iter().map(Block::without_autodiff).collect(),
             norm: self.norm.without_autodiff(),
-            lm_head: self.lm_head.clone().map(|h| h.inner()),
+            lm_head: self.lm_head.as_ref().map(VocabMatrix::inner),
             inv_freq: self.inv_freq.clone(),
             inv_freq_local: self.inv_freq_local.clone(),
         }
@@ -309,7 +310,7 @@ impl Decoder {
         let vector = |name: String, t: &Tensor<1>| (name, t.dims().to_vec(), t.clone().unsqueeze());
         let mut out = vec![matrix(
             arch.hf_name(Role::TokenEmbd, None),
-            self.embed_tokens.clone(),
+            self.embed_tokens.to_dense(),
         )];
         for (l, b) in self.layers.iter().enumerate() {
             for (r, n) in b.norms() {
@@ -337,7 +338,7 @@ impl Decoder {
             &self.norm.weight,
         ));
         if let Some(h) = &self.lm_head {
-            out.push(matrix(arch.hf_name(Role::Output, None), h.clone()));
+            out.push(matrix(arch.hf_name(Role::Output, None), h.to_dense()));
         }
         out
     }
@@ -371,7 +372,7 @@ impl Decoder {
         let past = cache.as_ref().map_or(0, |c| c.len);
         let flat: Vec<i64> = ids.iter().flatten().map(|&x| x as i64).collect();
         let idx = Tensor::<2, Int>::from_data(TensorData::new(flat, [b, t]), &device);
-        let mut x = embedding(self.embed_tokens.clone(), idx);
+        let mut x = self.embed_tokens.embed(idx);
         if c.scale_embeddings {
             // transformers multiplies by √hidden cast to the weight dtype (f32 here).
             x = x.mul_scalar((c.hidden_size as f64).sqrt() as f32);
@@ -403,16 +404,29 @@ impl Decoder {
     }
 
     /// The output head `[V, hidden]` (the embedding when tied).
-    pub fn head(&self) -> Tensor<2> {
-        self.lm_head.as_ref().unwrap_or(&self.embed_tokens).clone()
+    pub fn head(&self) -> &VocabMatrix {
+        self.lm_head.as_ref().unwrap_or(&self.embed_tokens)
     }
 
     /// Final hidden states `[N, hidden]` → logits `[N, V]`, softcapped when the model says so.
     pub fn logits_of(&self, hidden: Tensor<2>) -> Tensor<2> {
         softcap(
-            hidden.matmul(self.head().transpose()),
+            self.head().matmul_t(hidden),
             self.config.final_logit_softcapping,
         )
+    }
+
+    /// Logits `[V]` of the last position of one sequence; with `cache`, positions continue after
+    /// it. Generation needs only this row, so the head never runs on a `[T, V]` block.
+    pub fn next_token_logits(
+        &self,
+        ids: &[u32],
+        cache: Option<&mut KvCache>,
+    ) -> Result<Tensor<1>, ModelError> {
+        let h = self.hidden_states(&[ids.to_vec()], cache)?;
+        let [_, t, d] = h.dims();
+        let last = h.slice([0..1, t - 1..t, 0..d]).reshape([1, d]);
+        Ok(self.logits_of(last).reshape([self.config.vocab_size]))
     }
 
     /// Token ids `[B, T]` (host) → logits `[B, T, V]`; with `cache`, positions continue after it.

@@ -5,7 +5,6 @@
 use super::ModelError;
 use super::decoder::{Decoder, KvCache};
 use super::read_f32;
-use burn::tensor::Tensor;
 use rand::{RngExt, SeedableRng, rngs::StdRng};
 
 /// How to pick each next token.
@@ -125,14 +124,8 @@ pub async fn generate(
 ) -> Result<Generation, ModelError> {
     let mut rng = StdRng::seed_from_u64(cfg.seed);
     let mut cache = KvCache::default();
-    let vocab = model.config.vocab_size;
-    let last_row = |logits: Tensor<3>| {
-        let t = logits.dims()[1];
-        logits.slice([0..1, t - 1..t, 0..vocab]).reshape([vocab])
-    };
     let start = now();
-    let logits = model.forward(&[prompt.to_vec()], Some(&mut cache))?;
-    let mut row = read_f32(last_row(logits)).await?;
+    let mut row = read_f32(model.next_token_logits(prompt, Some(&mut cache))?).await?;
     let prefill_secs = secs_since(start);
     let start = now();
     let mut tokens = Vec::new();
@@ -148,8 +141,7 @@ pub async fn generate(
         if tokens.len() == cfg.max_new_tokens {
             break;
         }
-        let logits = model.forward(&[vec![next]], Some(&mut cache))?;
-        row = read_f32(last_row(logits)).await?;
+        row = read_f32(model.next_token_logits(&[next], Some(&mut cache))?).await?;
     }
     Ok(Generation {
         tokens,

@@ -8,6 +8,7 @@ use super::config::DecoderConfig;
 use super::decoder::{Block, Decoder, Mlp, RmsNorm, config_inv_freq};
 use super::linear::{AdaptedLinear, BaseLinear};
 use super::roles::Role;
+use super::vocab::VocabMatrix;
 use super::weights::{Checkpoint, HostData, HostTensor};
 use crate::io::chat::ChatTemplate;
 use crate::io::gguf::Gguf;
@@ -303,11 +304,16 @@ pub fn build_decoder(
     // Quantized decoder linears stay packed where our WGSL kernels run; elsewhere (the CPU
     // backend) and for layouts the kernel does not read they are dequantized on upload.
     let packed = crate::kernels::has_wgsl_kernels(device);
-    let embed_tokens = get2(Role::TokenEmbd, None)?;
+    let vocab = |r: Role| -> Result<VocabMatrix, LoadError> {
+        let (name, v) = tensor(r, None)?;
+        let shape = &expected[&name];
+        Ok(VocabMatrix::from_host(v, shape[0], shape[1], device))
+    };
+    let embed_tokens = vocab(Role::TokenEmbd)?;
     let lm_head = if config.tie_word_embeddings {
         None
     } else {
-        Some(get2(Role::Output, None)?)
+        Some(vocab(Role::Output)?)
     };
     let mut layers = Vec::with_capacity(config.num_hidden_layers);
     for l in 0..config.num_hidden_layers {

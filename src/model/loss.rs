@@ -10,7 +10,8 @@
 
 use super::ModelError;
 use super::decoder::{Decoder, softcap};
-use burn::tensor::{IndexingUpdateOp, Int, Tensor, TensorData, activation};
+use super::vocab::{VocabMatrix, logit_rows};
+use burn::tensor::{IndexingUpdateOp, Int, Tensor, TensorData};
 
 /// Rows per chunk of the chunked loss (a `[CHUNK, V]` block of logits at a time).
 pub const CHUNK_ROWS: usize = 256;
@@ -54,6 +55,15 @@ fn targets(labels: &[Vec<i64>], b: usize, t: usize, v: usize) -> Result<Targets,
     Ok(out)
 }
 
+/// `log_softmax` over dim 1, shifted by the row maximum first. burn's `log_softmax` on wgpu
+/// returned infinities for real Gemma 3 logits (262 144 columns) where the CPU backend did not;
+/// the shift makes every `exp` at most 1 on every backend. The maximum is detached: the value is
+/// shift-invariant, so the gradient is exact without differentiating through it.
+fn log_softmax_rows(z: Tensor<2>) -> Tensor<2> {
+    let shifted = z.clone() - z.max_dim(1).detach();
+    shifted.clone() - shifted.exp().sum_dim(1).log()
+}
+
 /// HF's causal-LM loss on full logits `[B, T, V]`: mean over positions `t` with
 /// `labels[t+1] != -100` of `CE(logits[t], labels[t+1])`. Returns the loss `[1]` and the number
 /// of counted tokens.
@@ -67,7 +77,7 @@ pub fn causal_lm_loss(
     let device = logits.device();
     let rows = Tensor::<1, Int>::from_data(TensorData::new(tg.rows, [n]), &device);
     let ids = Tensor::<2, Int>::from_data(TensorData::new(tg.ids, [n, 1]), &device);
-    let logp = activation::log_softmax(logits.reshape([b * t, v]).select(0, rows), 1);
+    let logp = log_softmax_rows(logits.reshape([b * t, v]).select(0, rows));
     let loss = logp.gather(1, ids).sum().neg().div_scalar(n as f64);
     Ok((loss, n))
 }
@@ -94,7 +104,7 @@ impl Decoder {
     ) -> Result<(Tensor<1>, usize), ModelError> {
         let hidden = self.hidden_states(ids, None)?;
         let cap = self.config.final_logit_softcapping;
-        chunked_causal_lm_loss(hidden, &self.head(), cap, labels, chunk_rows)
+        chunked_causal_lm_loss(hidden, self.head(), cap, labels, chunk_rows)
     }
 }
 
@@ -106,42 +116,45 @@ impl Decoder {
 /// loss and its gradient reaches everything below the head; the head gets none.
 pub fn chunked_causal_lm_loss(
     hidden: Tensor<3>,
-    head: &Tensor<2>,
+    head: &VocabMatrix,
     cap: Option<f64>,
     labels: &[Vec<i64>],
     chunk_rows: usize,
 ) -> Result<(Tensor<1>, usize), ModelError> {
-    let chunk_rows = chunk_rows.max(1);
     let [b, t, h] = hidden.dims();
     let v = head.dims()[0];
+    // Never more logits at once than one storage binding holds (see `vocab`).
+    let chunk_rows = chunk_rows.min(logit_rows(v)).max(1);
     let tg = targets(labels, b, t, v)?;
     let n = tg.rows.len();
     let device = hidden.device();
     let rows = Tensor::<1, Int>::from_data(TensorData::new(tg.rows, [n]), &device);
     let scored = hidden.reshape([b * t, h]).select(0, rows);
+    // Without a tracked graph (evaluation) only the value is needed: no gradient products.
+    let tracked = scored.is_tracked();
     let x = scored.clone().inner();
-    let head = head.clone().inner();
+    let head = head.inner();
     let mut grads = Vec::with_capacity(n.div_ceil(chunk_rows));
     let mut total: Option<Tensor<1>> = None;
     for start in (0..n).step_by(chunk_rows) {
         let end = (start + chunk_rows).min(n);
         let c = end - start;
-        let z = x
-            .clone()
-            .slice([start..end, 0..h])
-            .matmul(head.clone().transpose());
+        let z = head.matmul_t(x.clone().slice([start..end, 0..h]));
         let logits = softcap(z, cap);
         let idx = Tensor::<2, Int>::from_data(
             TensorData::new(tg.ids[start..end].to_vec(), [c, 1]),
             &device,
         )
         .inner();
-        let logp = activation::log_softmax(logits.clone(), 1);
+        let logp = log_softmax_rows(logits.clone());
         let nll = logp.clone().gather(1, idx.clone()).sum().neg();
         total = Some(match total {
             Some(s) => s + nll,
             None => nll,
         });
+        if !tracked {
+            continue;
+        }
         let minus_one = Tensor::<2>::full([c, 1], -1.0, &x.device());
         let mut dlogits = logp
             .exp()
@@ -152,10 +165,13 @@ pub fn chunked_causal_lm_loss(
             let slope = logits.div_scalar(cap).square().neg().add_scalar(1.0);
             dlogits = dlogits * slope;
         }
-        grads.push(dlogits.matmul(head.clone()));
+        grads.push(head.matmul(dlogits));
+    }
+    let loss = total.expect("at least one scored row").div_scalar(n as f64);
+    if !tracked {
+        return Ok((loss, n));
     }
     let g = Tensor::cat(grads, 0);
-    let loss = total.expect("at least one scored row").div_scalar(n as f64);
     let surrogate = (scored * g).sum();
     Ok((surrogate.clone() - surrogate.detach() + loss, n))
 }

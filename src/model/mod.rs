@@ -11,6 +11,7 @@ pub mod linear;
 pub mod loader;
 pub mod loss;
 pub mod roles;
+pub mod vocab;
 pub mod weights;
 
 /// Errors raised while running a model (not while loading it: see [`crate::io::LoadError`]).

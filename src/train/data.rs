@@ -340,7 +340,10 @@ fn alpaca_example(t: &Tokenize<'_>, v: &Value) -> Result<Example, String> {
     };
     let mut answer = encode(t, output, false)?;
     answer.extend(eos_id(t));
-    Ok(prompt_answer(encode(t, &prompt, false)?, answer))
+    // A chat template spells the BOS itself; a plain prompt gets the tokenizer's (as `tok(text)`
+    // and `wgtune generate` without --chat do).
+    let prompt = encode(t, &prompt, t.chat_template.is_none())?;
+    Ok(prompt_answer(prompt, answer))
 }
 
 /// Turn one record into an [`Example`].

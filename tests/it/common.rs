@@ -35,6 +35,8 @@ pub struct Tensors {
     pub f32: HashMap<String, (Vec<usize>, Vec<f32>)>,
     /// i64 tensors.
     pub i64: HashMap<String, (Vec<usize>, Vec<i64>)>,
+    /// u8 tensors (raw bytes).
+    pub u8: HashMap<String, (Vec<usize>, Vec<u8>)>,
 }
 
 /// Read every tensor of a safetensors file.
@@ -44,6 +46,7 @@ pub fn read_tensors(path: &Path) -> Tensors {
     let mut out = Tensors {
         f32: HashMap::new(),
         i64: HashMap::new(),
+        u8: HashMap::new(),
     };
     for (name, view) in st.iter() {
         let shape = view.shape().to_vec();
@@ -63,6 +66,10 @@ pub fn read_tensors(path: &Path) -> Tensors {
                     .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
                     .collect();
                 out.i64.insert(name.to_string(), (shape, v));
+            }
+            Dtype::U8 => {
+                out.u8
+                    .insert(name.to_string(), (shape, view.data().to_vec()));
             }
             other => panic!("unexpected dtype {other:?} for {name}"),
         }

@@ -25,6 +25,14 @@ impl Leaf {
     }
 }
 
+/// The single shard of a fixture-sized vocabulary matrix.
+fn only_shard(m: &wgtune::model::vocab::VocabMatrix) -> Tensor<2> {
+    let [one] = m.shards() else {
+        panic!("a fixture vocabulary fits one shard")
+    };
+    one.clone()
+}
+
 /// Mark the base weights the fixture has gradients for as trainable; return them by HF name.
 /// Names are matched through the model's own role table, so every architecture works.
 pub fn track(model: &mut Decoder, names: &[&str]) -> Vec<(String, Leaf)> {
@@ -33,11 +41,12 @@ pub fn track(model: &mut Decoder, names: &[&str]) -> Vec<(String, Leaf)> {
     for &name in names {
         let t = if name == arch.hf_name(Role::TokenEmbd, None) {
             model.embed_tokens = model.embed_tokens.clone().require_grad();
-            Leaf::Matrix(model.embed_tokens.clone())
+            Leaf::Matrix(only_shard(&model.embed_tokens))
         } else if name == arch.hf_name(Role::Output, None) {
             let h = model.lm_head.take().unwrap().require_grad();
-            model.lm_head = Some(h.clone());
-            Leaf::Matrix(h)
+            let leaf = Leaf::Matrix(only_shard(&h));
+            model.lm_head = Some(h);
+            leaf
         } else if name == arch.hf_name(Role::OutputNorm, None) {
             model.norm.weight = model.norm.weight.clone().require_grad();
             Leaf::Vector(model.norm.weight.clone())
