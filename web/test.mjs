@@ -230,6 +230,12 @@ try {
     `picked GGUF: ${st.model}, ${st.model_format}, ${st.model_layers} layers, tokenizer ${st.model_tokenizer}`);
   st = await pick("data", ["assets/alpaca_en_demo.json"], () => window.wgtune_status().data === "alpaca_en_demo.json");
   check(st.data_examples > 900, `picked alpaca data: ${st.data_examples} examples tokenized in the page`);
+  // Gemma 3 270M Q4_K_M (253 MB of Q4_K, Q5_0, Q6_K and Q8_0 blocks, a 262 144-token SentencePiece
+  // vocabulary) through the same picker: the page reads it, builds its tokenizer and summarises it.
+  const gemma = "assets/gemma-3-270m-q4_k_m.gguf";
+  st = await pick("model", [gemma], () => window.wgtune_status().model === "gemma-3-270m-q4_k_m.gguf");
+  check(st.model_layers === 18 && st.model_format.startsWith("gguf") && st.model_tokenizer,
+    `picked Gemma 3 GGUF: ${st.model}, ${st.model_format}, ${st.model_layers} layers, tokenizer ${st.model_tokenizer}`);
   // The page as it looks after the runs (the shared settings panels and curves).
   await page.screenshot({ path: path.join(outDir, "page.png") });
 

@@ -146,8 +146,8 @@ pub struct BenchArgs {
     /// Quantize the base on load (nf4).
     #[arg(long)]
     pub quantize: Option<String>,
-    /// Kernel micro-benchmarks instead: fused quantized matmul (NF4, Q4_0, Q4_1, Q8_0) vs burn's
-    /// f32 matmul on SmolLM2's projection shapes (needs the wgpu backend).
+    /// Kernel micro-benchmarks instead: fused quantized matmul (NF4 and every ggml block type) vs
+    /// burn's f32 matmul on SmolLM2's and Gemma 3 270M's projection shapes (needs the wgpu backend).
     #[arg(long)]
     pub kernels: bool,
     /// Loss memory benchmark instead: peak memory of the causal-LM loss + backward on full
