@@ -11,7 +11,7 @@
 use super::ModelError;
 use super::decoder::{Decoder, softcap};
 use super::vocab::{VocabMatrix, logit_rows};
-use burn::tensor::{IndexingUpdateOp, Int, Tensor, TensorData};
+use burn::tensor::{Int, Tensor, TensorData};
 
 /// Rows per chunk of the chunked loss (a `[CHUNK, V]` block of logits at a time).
 pub const CHUNK_ROWS: usize = 256;
@@ -139,15 +139,37 @@ pub fn chunked_causal_lm_loss(
     for start in (0..n).step_by(chunk_rows) {
         let end = (start + chunk_rows).min(n);
         let c = end - start;
-        let z = head.matmul_t(x.clone().slice([start..end, 0..h]));
-        let logits = softcap(z, cap);
-        let idx = Tensor::<2, Int>::from_data(
-            TensorData::new(tg.ids[start..end].to_vec(), [c, 1]),
+        let xc = x.clone().slice([start..end, 0..h]);
+        // Logits shard by shard ([c, V_i] each, never a [c, V] block), and the log-sum-exp over
+        // all of them streamed: lse = m + log Σ_i Σ_j exp(z_ij − m) with m the detached row max
+        // (shift-invariant, so the gradient stays exact). burn's own log_softmax over Gemma 3's
+        // 262 144 columns returned infinities on wgpu; no reduction here spans more than a shard.
+        let z: Vec<Tensor<2>> = head
+            .shards()
+            .iter()
+            .map(|w| softcap(xc.clone().matmul(w.clone().transpose()), cap))
+            .collect();
+        let m = z
+            .iter()
+            .map(|zi| zi.clone().max_dim(1))
+            .reduce(Tensor::max_pair)
+            .expect("at least one shard")
+            .detach();
+        let sum_exp = z
+            .iter()
+            .map(|zi| (zi.clone() - m.clone()).exp().sum_dim(1))
+            .reduce(|a, b| a + b)
+            .expect("at least one shard");
+        let lse = m + sum_exp.log();
+        // The target logits: x · head[target]ᵀ, from the target rows alone.
+        let ids = Tensor::<2, Int>::from_data(
+            TensorData::new(tg.ids[start..end].to_vec(), [1, c]),
             &device,
         )
         .inner();
-        let logp = log_softmax_rows(logits.clone());
-        let nll = logp.clone().gather(1, idx.clone()).sum().neg();
+        let w_t = head.embed(ids).reshape([c, h]);
+        let z_t = softcap((xc * w_t.clone()).sum_dim(1), cap);
+        let nll = (lse.clone() - z_t.clone()).sum();
         total = Some(match total {
             Some(s) => s + nll,
             None => nll,
@@ -155,17 +177,22 @@ pub fn chunked_causal_lm_loss(
         if !tracked {
             continue;
         }
-        let minus_one = Tensor::<2>::full([c, 1], -1.0, &x.device());
-        let mut dlogits = logp
-            .exp()
-            .scatter(1, idx, minus_one, IndexingUpdateOp::Add)
-            .div_scalar(n as f64);
-        if let Some(cap) = cap {
-            // d(cap·tanh(z/cap))/dz = 1 − tanh²(z/cap) = 1 − (logits/cap)².
-            let slope = logits.div_scalar(cap).square().neg().add_scalar(1.0);
-            dlogits = dlogits * slope;
+        // dL/dh = (Σ_i (softmax_i ⊙ slope_i) · W_i − slope_t · W_t) / N, where the softcap's
+        // slope is d(cap·tanh(z/cap))/dz = 1 − (logit/cap)² (1 without a cap).
+        let slope =
+            |zi: Tensor<2>| cap.map(|cap| zi.div_scalar(cap).square().neg().add_scalar(1.0));
+        let mut g = w_t.neg();
+        if let Some(s) = slope(z_t) {
+            g = g * s;
         }
-        grads.push(head.matmul(dlogits));
+        for (zi, w) in z.into_iter().zip(head.shards()) {
+            let mut p = (zi.clone() - lse.clone()).exp();
+            if let Some(s) = slope(zi) {
+                p = p * s;
+            }
+            g = g + p.matmul(w.clone());
+        }
+        grads.push(g.div_scalar(n as f64));
     }
     let loss = total.expect("at least one scored row").div_scalar(n as f64);
     if !tracked {

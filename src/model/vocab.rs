@@ -152,21 +152,4 @@ impl VocabMatrix {
             _ => Tensor::cat(parts, 1),
         }
     }
-
-    /// `g [N, V] · M → [N, hidden]` (the gradient of [`Self::matmul_t`] with respect to x).
-    pub fn matmul(&self, g: Tensor<2>) -> Tensor<2> {
-        let n = g.dims()[0];
-        let mut lo = 0;
-        let mut out: Option<Tensor<2>> = None;
-        for s in &self.shards {
-            let hi = lo + s.dims()[0];
-            let part = g.clone().slice([0..n, lo..hi]).matmul(s.clone());
-            out = Some(match out {
-                Some(o) => o + part,
-                None => part,
-            });
-            lo = hi;
-        }
-        out.expect("at least one shard")
-    }
 }

@@ -1,5 +1,5 @@
 //! Vocabulary matrices in row shards (`src/model/vocab.rs`): the embedding lookup, the head
-//! product, its transpose and the chunked loss built on them equal the unsharded computation, on
+//! product and the chunked loss streamed over the shards equal the unsharded computation, on
 //! both backends, with an uneven last shard of one row.
 
 use crate::common::*;
@@ -30,14 +30,6 @@ fn check(backend: &str) {
     let want = read(x.clone().matmul(dense.clone().transpose()));
     let e = crate::kernels::rel_err(&read(sharded.matmul_t(x.clone())), &want);
     assert!(e < 1e-6, "{backend}: head product rel err {e}");
-    let g: Tensor<2> = Tensor::from_data(
-        TensorData::new(crate::kernels::values(10 * v, 43), [10, v]),
-        &device,
-    );
-    let want = read(g.clone().matmul(dense.clone()));
-    let e = crate::kernels::rel_err(&read(sharded.matmul(g)), &want);
-    assert!(e < 1e-5, "{backend}: transpose product rel err {e}");
-
     // The chunked loss over the shards (3 rows per chunk) vs the full-logits loss: value and
     // gradient with respect to the hidden states.
     let labels = vec![ids[..5].to_vec(), ids[5..].to_vec()];
