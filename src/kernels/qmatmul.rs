@@ -247,13 +247,16 @@ struct Packer {
     layout: QLayout,
     words: Vec<u32>,
     planes: [PlaneWriter; 4],
+    /// Word offsets of the `d` and `dmin` sections.
+    d_at: usize,
+    dmin_at: usize,
     block: usize,
 }
 
 impl Packer {
     fn new(layout: QLayout) -> Self {
         let s = layout.scheme;
-        let [hi, _, _, sc, m, end] = layout.offsets();
+        let [hi, d_at, dmin_at, sc, m, end] = layout.offsets();
         let plane = |start, bits| PlaneWriter {
             start,
             bits,
@@ -268,6 +271,8 @@ impl Packer {
                 plane(sc, s.sub_bits),
                 plane(m, if s.has_min { s.sub_bits } else { 0 }),
             ],
+            d_at,
+            dmin_at,
             block: 0,
         }
     }
@@ -285,10 +290,9 @@ impl Packer {
             sc.put(&mut self.words, u.scales[j] as u32);
             m.put(&mut self.words, u.mins[j] as u32);
         }
-        let [_, d, dmin, ..] = self.layout.offsets();
-        self.words[d + self.block] = u.d.to_bits();
+        self.words[self.d_at + self.block] = u.d.to_bits();
         if s.has_min {
-            self.words[dmin + self.block] = u.dmin.to_bits();
+            self.words[self.dmin_at + self.block] = u.dmin.to_bits();
         }
         self.block += 1;
     }

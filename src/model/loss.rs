@@ -55,10 +55,11 @@ fn targets(labels: &[Vec<i64>], b: usize, t: usize, v: usize) -> Result<Targets,
     Ok(out)
 }
 
-/// `log_softmax` over dim 1, shifted by the row maximum first. burn's `log_softmax` on wgpu
-/// returned infinities for real Gemma 3 logits (262 144 columns) where the CPU backend did not;
-/// the shift makes every `exp` at most 1 on every backend. The maximum is detached: the value is
-/// shift-invariant, so the gradient is exact without differentiating through it.
+/// `log_softmax` over dim 1, shifted by the row maximum first so every `exp` is at most 1. The
+/// maximum is detached: the value is shift-invariant, so the gradient is exact without
+/// differentiating through it. (Only the full-logits path uses it; on wgpu, reductions over a
+/// 262 144-wide row returned infinities under load even shifted, which is why the chunked loss
+/// never reduces over more than one vocabulary shard.)
 fn log_softmax_rows(z: Tensor<2>) -> Tensor<2> {
     let shifted = z.clone() - z.max_dim(1).detach();
     shifted.clone() - shifted.exp().sum_dim(1).log()
@@ -145,9 +146,9 @@ pub fn chunked_causal_lm_loss(
         // (shift-invariant, so the gradient stays exact). burn's own log_softmax over Gemma 3's
         // 262 144 columns returned infinities on wgpu; no reduction here spans more than a shard.
         let z: Vec<Tensor<2>> = head
-            .shards()
-            .iter()
-            .map(|w| softcap(xc.clone().matmul(w.clone().transpose()), cap))
+            .shard_products(xc.clone())
+            .into_iter()
+            .map(|zi| softcap(zi, cap))
             .collect();
         let m = z
             .iter()

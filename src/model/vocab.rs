@@ -140,15 +140,19 @@ impl VocabMatrix {
         out.expect("at least one shard")
     }
 
-    /// `x [N, hidden] · Mᵀ → [N, V]` (logits under a head).
-    pub fn matmul_t(&self, x: Tensor<2>) -> Tensor<2> {
-        let parts: Vec<Tensor<2>> = self
-            .shards
+    /// `x [N, hidden] · M_iᵀ → [N, V_i]` for every shard `i`, in row order.
+    pub fn shard_products(&self, x: Tensor<2>) -> Vec<Tensor<2>> {
+        self.shards
             .iter()
             .map(|s| x.clone().matmul(s.clone().transpose()))
-            .collect();
+            .collect()
+    }
+
+    /// `x [N, hidden] · Mᵀ → [N, V]` (logits under a head).
+    pub fn matmul_t(&self, x: Tensor<2>) -> Tensor<2> {
+        let mut parts = self.shard_products(x);
         match parts.len() {
-            1 => parts.into_iter().next().expect("one part"),
+            1 => parts.pop().expect("one part"),
             _ => Tensor::cat(parts, 1),
         }
     }
