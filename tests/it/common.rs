@@ -131,3 +131,52 @@ pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
 pub fn block<F: std::future::Future>(f: F) -> F::Output {
     pollster::block_on(f)
 }
+
+/// Address space a hostile-input run of the binary may use: the CPU backend on the tiny models
+/// needs well under this, an allocation in proportion to an untrusted number needs far more.
+pub const HOSTILE_AS_LIMIT: u64 = 3 << 30;
+
+/// Run `wgtune args…` under an address-space limit of `limit` bytes (RLIMIT_AS) with the test
+/// environment; an allocation beyond it aborts that process, never the machine.
+pub fn wgtune_limited(args: &[&str], limit: u64) -> std::process::Output {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_wgtune"));
+    cmd.args(args)
+        .env("CUBECL_AUTOTUNE_LEVEL", "minimal")
+        .stdin(std::process::Stdio::null());
+    // SAFETY: setrlimit is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            let lim = libc::rlimit {
+                rlim_cur: limit,
+                rlim_max: limit,
+            };
+            if libc::setrlimit(libc::RLIMIT_AS, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd.output().expect("run wgtune")
+}
+
+/// Assert `out` is a clean failure: non-zero exit, no panic, no abort, and an `error:` line that
+/// contains every needle. Returns that line.
+pub fn assert_clean_failure(out: &std::process::Output, what: &str, needles: &[&str]) -> String {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.code().is_some_and(|c| c != 0),
+        "{what}: expected a non-zero exit, got {:?}; stderr: {err}",
+        out.status
+    );
+    assert!(!err.contains("panicked"), "{what}: panic: {err}");
+    let line = err
+        .lines()
+        .find(|l| l.starts_with("error:"))
+        .unwrap_or_else(|| panic!("{what}: no error line in: {err}"))
+        .to_string();
+    for n in needles {
+        assert!(line.contains(n), "{what}: `{line}` should mention `{n}`");
+    }
+    line
+}
