@@ -74,6 +74,22 @@ impl AdapterConfig {
     }
 }
 
+impl AdapterConfig {
+    /// Check that training can move this adapter: with fewer than two Cayley-Neumann terms peft's
+    /// series is the identity, so an OFT rotation would get no gradient.
+    pub fn check_trainable(&self) -> Result<(), AdapterError> {
+        match &self.method {
+            Method::Oft(o) if o.use_cayley_neumann && o.num_cayley_neumann_terms < 2 => {
+                Err(AdapterError::Invalid(format!(
+                    "num_cayley_neumann_terms {} leaves the rotation fixed at I (peft's series needs at least 2 terms to train)",
+                    o.num_cayley_neumann_terms
+                )))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
 /// peft's key prefix for a module path (`model.layers.0.self_attn.q_proj`).
 pub fn peft_key(module_path: &str, suffix: &str) -> String {
     format!("base_model.model.{module_path}.{suffix}")
@@ -89,6 +105,12 @@ pub fn attach(model: &mut Decoder, cfg: &AdapterConfig, seed: u64) -> Result<(),
         cfg,
         |path, out_f, in_f| -> Result<Box<dyn Adapter>, AdapterError> {
             Ok(match &cfg.method {
+                Method::Lora(l) if l.r > in_f.min(out_f) => {
+                    return Err(AdapterError::Invalid(format!(
+                        "{path}: LoRA r {} exceeds the layer's sizes ({out_f} x {in_f}); a rank above min(in, out) adds nothing",
+                        l.r
+                    )));
+                }
                 Method::Lora(l) => Box::new(Lora::init(l, out_f, in_f, &mut rng, &device)),
                 Method::Oft(o) => Box::new(
                     Oft::init(o, in_f, &device)

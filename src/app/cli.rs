@@ -9,7 +9,9 @@ use crate::model::decoder::causal_lm_loss;
 use crate::model::generate::{SamplingConfig, generate};
 use crate::model::loader::{LoadedModel, load_model, read_model};
 use crate::model::read_f32;
-use crate::train::data::{BadLine, DataOptions, Example, LoadReport, Tokenize, load_examples_with};
+use crate::train::data::{
+    BadLine, DataOptions, Example, LoadReport, Tokenize, decode_text, load_examples_with,
+};
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use std::collections::BTreeMap;
@@ -339,18 +341,19 @@ pub fn read_examples(
     opts: &DataOptions,
 ) -> Result<(Vec<Example>, LoadReport)> {
     let blob = read_blob(path)?;
-    let text = std::str::from_utf8((*blob).as_ref())
-        .with_context(|| format!("{}: not UTF-8 text", path.display()))?;
+    let file = path.display().to_string();
+    let (text, skipped) = decode_text((*blob).as_ref(), &file, opts.on_bad_line)?;
+    let opts = &DataOptions {
+        vocab_size: Some(lm.model.config.vocab_size),
+        ..*opts
+    };
     let tok = lm.tokenizer.as_ref().map(|t| Tokenize {
         tokenizer: t,
         chat_template: lm.chat_template.as_ref(),
     });
-    Ok(load_examples_with(
-        text,
-        &path.display().to_string(),
-        tok.as_ref(),
-        opts,
-    )?)
+    let (examples, mut report) = load_examples_with(&text, &file, tok.as_ref(), opts)?;
+    report.skipped.splice(0..0, skipped);
+    Ok((examples, report))
 }
 
 fn cmd_eval(a: EvalArgs) -> Result<()> {
@@ -377,6 +380,7 @@ fn cmd_eval(a: EvalArgs) -> Result<()> {
     let whole = DataOptions {
         max_seq_len: usize::MAX,
         on_bad_line: BadLine::Stop,
+        vocab_size: None,
     };
     let (mut examples, _) = read_examples(&a.data, &lm, &whole)?;
     if let Some(n) = a.limit {
@@ -419,7 +423,7 @@ fn cmd_eval(a: EvalArgs) -> Result<()> {
         out.insert("logits".to_string(), (dims.to_vec(), logits_v));
         out.insert("loss".to_string(), (vec![1], loss_v.clone()));
         let bytes = crate::io::safetensors::serialize_f32(&out, None)?;
-        write_atomic(dump, &bytes).with_context(|| format!("{}: cannot write", dump.display()))?;
+        write_atomic(dump, &bytes)?;
         println!(
             "loss {:.6}  perplexity {:.4}  ({count} tokens, dumped to {})",
             loss_v[0],

@@ -13,7 +13,14 @@ pub fn read_blob(path: &Path) -> Result<Blob, LoadError> {
         cause,
     };
     let file = std::fs::File::open(path).map_err(os)?;
-    let len = file.metadata().map_err(os)?.len();
+    let meta = file.metadata().map_err(os)?;
+    if meta.is_dir() {
+        return Err(LoadError::invalid(
+            path.display().to_string(),
+            "is a folder, expected a file",
+        ));
+    }
+    let len = meta.len();
     if len == 0 {
         return Ok(Arc::new(Vec::<u8>::new()));
     }
@@ -80,6 +87,7 @@ pub fn model_source<'a>(
 }
 
 /// Write `bytes` to `path` atomically: a temp file beside it, fsync, then rename over `path`.
+/// On failure `path` is untouched and the error names it.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     let dir = path
@@ -97,8 +105,8 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         f.sync_all()?;
         std::fs::rename(&tmp, path)
     })();
-    if result.is_err() {
+    result.map_err(|e| {
         let _ = std::fs::remove_file(&tmp);
-    }
-    result
+        std::io::Error::new(e.kind(), format!("{}: cannot write: {e}", path.display()))
+    })
 }

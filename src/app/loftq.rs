@@ -26,10 +26,29 @@ pub struct LoftqModel {
     /// The LoRA pair per module path (`model.layers.0.self_attn.q_proj`): `(A [r, in], B [out, r])`,
     /// with `B` already divided by the LoRA scale.
     pub pairs: BTreeMap<String, (Vec<f32>, Vec<f32>)>,
+    /// The quantized base, to write beside the adapter once the run has validated.
+    pub base: LoftqBase,
 }
 
-/// Read the model at `path`, run LoftQ (`iters` rounds) on every target linear of `cfg`, write the
-/// quantized base to `base_out` (bitsandbytes NF4 folder) and upload the model to `device`.
+/// LoftQ's quantized base on the host (NF4 checkpoint, config, tokenizer), not yet on disk.
+pub struct LoftqBase {
+    files: ModelFiles,
+}
+
+impl LoftqBase {
+    /// Write the base as a bitsandbytes NF4 HF folder at `dir`.
+    pub fn write(&self, dir: &Path) -> Result<()> {
+        write_nf4_folder(&self.files, false, dir)?;
+        eprintln!(
+            "LoftQ base (NF4, bitsandbytes layout) written to {}: use it as --model with this adapter",
+            dir.display()
+        );
+        Ok(())
+    }
+}
+
+/// Read the model at `path`, run LoftQ (`iters` rounds) on every target linear of `cfg` and upload
+/// the model to `device`; the quantized base comes back to be written with [`LoftqBase::write`].
 ///
 /// peft writes `B·A` equal to the residual, which is exact only when the scale `lora_alpha / r`
 /// (or `/ √r` with rsLoRA) is 1. Here `B` is divided by the scale, so `W ≈ Q + scale·B·A` holds
@@ -39,7 +58,6 @@ pub fn load_loftq(
     device: &Device,
     cfg: &AdapterConfig,
     iters: usize,
-    base_out: &Path,
 ) -> Result<LoftqModel> {
     let Method::Lora(lora) = &cfg.method else {
         bail!("init loftq needs a LoRA method");
@@ -95,24 +113,15 @@ pub fn load_loftq(
             "note: LoRA scale {scale} is not 1: B is divided by it so that W ≈ Q + scale·B·A (peft's loftq_init writes B·A unscaled, exact only when lora_alpha == r)"
         );
     }
-    write_nf4_folder(&files, false, base_out)?;
-    eprintln!(
-        "LoftQ base (NF4, bitsandbytes layout) written to {}: use it as --model with this adapter",
-        base_out.display()
-    );
     let model = build_decoder(&files.config, &files.checkpoint, device)?;
-    let ModelFiles {
-        tokenizer,
-        chat_template,
-        ..
-    } = files;
     Ok(LoftqModel {
         lm: LoadedModel {
             model,
-            tokenizer,
-            chat_template,
+            tokenizer: files.tokenizer.clone(),
+            chat_template: files.chat_template.clone(),
         },
         pairs,
+        base: LoftqBase { files },
     })
 }
 

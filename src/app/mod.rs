@@ -18,6 +18,8 @@ pub mod par;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod quantize;
 #[cfg(not(target_arch = "wasm32"))]
+pub mod run_dir;
+#[cfg(not(target_arch = "wasm32"))]
 pub mod train;
 pub mod ui;
 #[cfg(target_arch = "wasm32")]

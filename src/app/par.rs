@@ -6,6 +6,7 @@
 
 use super::cli::{load, pick_backend};
 use super::files::{model_source, read_blob, write_atomic};
+use super::run_dir::{MetricsLog, RunLock};
 use super::train::{TrainControl, write_adapter};
 use crate::adapters;
 use crate::model::loader::{LoadedModel, load_model};
@@ -17,12 +18,13 @@ use crate::par::importance::{grad_stats, normal_init};
 use crate::par::partition::{count_active, partition, report, stage_active};
 use crate::par::stages::{Batching, begin_stage, rl_item, rl_stage, sft_stage};
 use crate::par::{ParError, ParSettings, System};
-use crate::train::data::{Example, Tokenize, epoch_order, parse_records, to_example};
+use crate::train::data::{
+    BadLine, DataOptions, Example, Tokenize, decode_text, epoch_order, parse_records, to_example,
+};
 use crate::train::run::RunConfig;
 use crate::train::trainer::Trainer;
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
-use std::io::Write;
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -38,9 +40,9 @@ struct Item {
 
 fn records(path: &Path) -> Result<Vec<(usize, Value)>> {
     let blob = read_blob(path)?;
-    let text = std::str::from_utf8((*blob).as_ref())
-        .with_context(|| format!("{}: not UTF-8 text", path.display()))?;
-    Ok(parse_records(text, &path.display().to_string())?)
+    let file = path.display().to_string();
+    let (text, _) = decode_text((*blob).as_ref(), &file, BadLine::Stop)?;
+    Ok(parse_records(&text, &file)?)
 }
 
 fn fixed(system: System, source: LabelSource) -> Labelled {
@@ -224,13 +226,14 @@ pub fn cmd_train_par(run: RunConfig, ctl: &TrainControl) -> Result<()> {
     let reward = Reward::parse(&s.reward).map_err(anyhow::Error::msg)?;
     let backend = pick_backend(run.backend_choice().map_err(anyhow::Error::msg)?)?;
     let device = backend.device.clone().autodiff();
+    // Files in `out` are written only once the split and the examples have validated.
+    let _lock = RunLock::acquire(&out)?;
     let mut lm = load(&model_path, &device, run.base_quantization().as_deref())?;
     let tokenizer = lm
         .tokenizer
         .clone()
         .context("lora-par needs a model with a tokenizer")?;
     let chat = lm.chat_template.clone();
-    std::fs::create_dir_all(&out).with_context(|| format!("{}: cannot create", out.display()))?;
 
     // 1. Split.
     let items = split_data(&run, &s, &lm)?;
@@ -239,7 +242,6 @@ pub fn cmd_train_par(run: RunConfig, ctl: &TrainControl) -> Result<()> {
         split_text.push_str(&classify::split_line(&it.file, it.line, &it.label).to_string());
         split_text.push('\n');
     }
-    write_atomic(&out.join("par_split.jsonl"), split_text.as_bytes())?;
     let n2 = items
         .iter()
         .filter(|i| i.label.system == System::S2)
@@ -262,6 +264,11 @@ pub fn cmd_train_par(run: RunConfig, ctl: &TrainControl) -> Result<()> {
         tokenizer: &tokenizer,
         chat_template: chat.as_ref(),
     };
+    let data_opts = DataOptions {
+        max_seq_len,
+        vocab_size: Some(lm.model.config.vocab_size),
+        ..DataOptions::default()
+    };
     let (mut sft1, mut sft2, mut rl) = (Vec::new(), Vec::new(), Vec::<(Example, RlItem)>::new());
     let mut dropped = 0;
     for it in &items {
@@ -273,7 +280,9 @@ pub fn cmd_train_par(run: RunConfig, ctl: &TrainControl) -> Result<()> {
                 bail!("{}:{}: {msg}", it.file, it.line)
             }
         };
-        let ex = match classify::sft_record(&it.value).and_then(|v| to_example(&v, Some(&tok))) {
+        let ex = match classify::sft_record(&it.value)
+            .and_then(|v| to_example(&v, Some(&tok), &data_opts))
+        {
             Ok(mut ex) => {
                 ex.input_ids.truncate(max_seq_len);
                 ex.labels.truncate(max_seq_len);
@@ -357,6 +366,7 @@ pub fn cmd_train_par(run: RunConfig, ctl: &TrainControl) -> Result<()> {
         json!({"kind": s.importance, "samples_s1": n_imp1, "samples_s2": n_imp2,
                "init_std": s.init_std, "seconds": t0.elapsed().as_secs_f64()}),
     );
+    write_atomic(&out.join("par_split.jsonl"), split_text.as_bytes())?;
     write_atomic(
         &out.join("par_masks.safetensors"),
         &masks.to_safetensors().map_err(anyhow::Error::msg)?,
@@ -395,10 +405,8 @@ pub fn cmd_train_par(run: RunConfig, ctl: &TrainControl) -> Result<()> {
         cfg.clone(),
         run.train(sft_steps).map_err(anyhow::Error::msg)?,
     );
-    std::fs::write(out.join("run.toml"), run.to_toml())?;
-    let metrics_path = out.join("metrics.jsonl");
-    let mut metrics = std::fs::File::create(&metrics_path)
-        .with_context(|| format!("{}: cannot create", metrics_path.display()))?;
+    write_atomic(&out.join("run.toml"), run.to_toml().as_bytes())?;
+    let mut metrics = MetricsLog::open(&out.join("metrics.jsonl"), None)?;
     let batching = Batching {
         batch_size: bs,
         grad_accum: accum,
@@ -406,7 +414,7 @@ pub fn cmd_train_par(run: RunConfig, ctl: &TrainControl) -> Result<()> {
         seed,
     };
     let decode = |ids: &[u32]| tokenizer.decode(ids, true).unwrap_or_default();
-    let accuracy = |t: &Trainer, when: &str, metrics: &mut std::fs::File| -> Result<Option<f64>> {
+    let accuracy = |t: &Trainer, when: &str, metrics: &mut MetricsLog| -> Result<Option<f64>> {
         if eval_items.is_empty() {
             return Ok(None);
         }
@@ -424,11 +432,7 @@ pub fn cmd_train_par(run: RunConfig, ctl: &TrainControl) -> Result<()> {
             eval_items.len(),
             t0.elapsed().as_secs_f64()
         );
-        writeln!(
-            metrics,
-            "{}",
-            json!({"eval": when, "rl_accuracy": a, "items": eval_items.len()})
-        )?;
+        metrics.append(&json!({"eval": when, "rl_accuracy": a, "items": eval_items.len()}))?;
         Ok(Some(a))
     };
     eprintln!(
@@ -469,7 +473,9 @@ pub fn cmd_train_par(run: RunConfig, ctl: &TrainControl) -> Result<()> {
             t_step = Instant::now();
             let line = json!({"stage": "sft", "step": m.step, "loss": m.loss, "lr": m.lr,
                               "grad_norm": m.grad_norm, "tokens_per_s": tps});
-            writeln!(metrics, "{line}").map_err(|e| ParError::Config(e.to_string()))?;
+            metrics
+                .append(&line)
+                .map_err(|e| ParError::Config(format!("{e:#}")))?;
             bar.set_message(format!("sft loss {:.4}", m.loss));
             bar.inc(1);
             last_sft = Some(m.loss);
@@ -518,7 +524,9 @@ pub fn cmd_train_par(run: RunConfig, ctl: &TrainControl) -> Result<()> {
             line["stage"] = "rl".into();
             line["seconds"] = t_step.elapsed().as_secs_f64().into();
             t_step = Instant::now();
-            writeln!(metrics, "{line}").map_err(|e| ParError::Config(e.to_string()))?;
+            metrics
+                .append(&line)
+                .map_err(|e| ParError::Config(format!("{e:#}")))?;
             bar.set_message(format!(
                 "reward {:.2} len {:.0} kl {:.4}",
                 m.reward_mean, m.completion_len, m.kl

@@ -6,14 +6,14 @@
 use super::cli::{load, pick_backend};
 use super::files::{DirSource, read_blob, write_atomic};
 use super::loftq::{attach_loftq, load_loftq};
+use super::run_dir::{MetricsLog, RunLock};
 use crate::adapters;
 use crate::io::peft::{load_adapter, save_adapter};
-use crate::train::data::Example;
+use crate::train::data::{Example, decode_text};
 use crate::train::run::RunConfig;
 use crate::train::session::{Schedule, data_options, examples_from_text};
 use crate::train::trainer::{StepMetrics, TrainError, Trainer};
 use anyhow::{Context, Result, bail};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -41,11 +41,13 @@ pub fn resolve(a: &TrainArgs) -> Result<RunConfig> {
     let file = match &a.config {
         Some(p) => {
             let text = std::fs::read_to_string(p).with_context(|| format!("{}", p.display()))?;
-            RunConfig::from_toml(&text).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?
+            let file = RunConfig::from_toml(&text).and_then(|c| c.validate().map(|_| c));
+            file.map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?
         }
         None => RunConfig::default(),
     };
-    Ok(file.overlay(&a.run))
+    let run = file.overlay(&a.run).map_err(anyhow::Error::msg)?;
+    Ok(run)
 }
 
 /// What the training loop reports to its front end (the CLI's progress bar and log lines, the
@@ -121,9 +123,14 @@ fn read_data(
 ) -> Result<Vec<Example>> {
     let opts = data_options(run)?;
     let blob = read_blob(path)?;
-    let text = std::str::from_utf8((*blob).as_ref())
-        .with_context(|| format!("{}: not UTF-8 text", path.display()))?;
-    let (examples, log) = examples_from_text(run, &opts, text, &path.display().to_string(), lm)?;
+    let file = path.display().to_string();
+    let (text, skipped) = decode_text((*blob).as_ref(), &file, opts.on_bad_line)?;
+    for (line, msg) in skipped {
+        sink(TrainEvent::Log(format!(
+            "warning: {file}:{line}: skipped: {msg}"
+        )));
+    }
+    let (examples, log) = examples_from_text(run, &opts, &text, &file, lm)?;
     for line in log {
         sink(TrainEvent::Log(line));
     }
@@ -229,21 +236,18 @@ pub fn run_training(
     );
     let data_path = PathBuf::from(run.require(&run.data, "data").map_err(anyhow::Error::msg)?);
     let out = PathBuf::from(run.require(&run.out, "out").map_err(anyhow::Error::msg)?);
+    run.validate().map_err(anyhow::Error::msg)?;
     let adapter_cfg = run.adapter().map_err(anyhow::Error::msg)?;
     let loftq_iters = run.loftq_iters().map_err(anyhow::Error::msg)?;
     let backend = pick_backend(run.backend_choice().map_err(anyhow::Error::msg)?)?;
     let quantize = run.base_quantization();
     let device = backend.device.clone().autodiff();
-    let (mut lm, mut loftq_pairs) = match loftq_iters {
+    // Nothing in `out` is touched until model, data, adapter and checkpoint have all validated.
+    let _lock = RunLock::acquire(&out)?;
+    let (mut lm, mut loftq) = match loftq_iters {
         Some(iters) => {
-            let m = load_loftq(
-                &model_path,
-                &device,
-                &adapter_cfg,
-                iters,
-                &out.join(LOFTQ_BASE),
-            )?;
-            (m.lm, Some(m.pairs))
+            let m = load_loftq(&model_path, &device, &adapter_cfg, iters)?;
+            (m.lm, Some((m.pairs, m.base)))
         }
         None => (load(&model_path, &device, quantize.as_deref())?, None),
     };
@@ -259,6 +263,9 @@ pub fn run_training(
     let seed = run.seed.unwrap_or(42);
     let pad = lm.model.config.eos_token_ids.first().copied().unwrap_or(0);
     let mut schedule = Schedule::new(run, data, pad, &data_path.display().to_string())?;
+    for note in &schedule.notes {
+        sink(TrainEvent::Log(note.clone()));
+    }
     let (bs, accum, total) = (schedule.batch_size, schedule.accum, schedule.total);
     let cfg = match &run.init_adapter {
         Some(dir) => {
@@ -272,13 +279,14 @@ pub fn run_training(
             c
         }
         None => {
-            match loftq_pairs.as_mut() {
-                Some(pairs) => attach_loftq(&mut lm.model, &adapter_cfg, pairs)?,
+            match loftq.as_mut() {
+                Some((pairs, _)) => attach_loftq(&mut lm.model, &adapter_cfg, pairs)?,
                 None => adapters::attach(&mut lm.model, &adapter_cfg, seed)?,
             }
             adapter_cfg
         }
     };
+    cfg.check_trainable()?;
     let n_params: usize = adapters::named_parameters(&lm.model)
         .iter()
         .map(|(_, t)| t.dims().iter().product::<usize>())
@@ -288,25 +296,32 @@ pub fn run_training(
         cfg.clone(),
         run.train(total).map_err(anyhow::Error::msg)?,
     );
-    std::fs::create_dir_all(out.join("checkpoint"))
-        .with_context(|| format!("{}: cannot create", out.display()))?;
     let ckpt_path = out.join(CHECKPOINT);
-    let metrics_path = out.join("metrics.jsonl");
-    if run.resume.unwrap_or(false) && ckpt_path.exists() {
-        let bytes = std::fs::read(&ckpt_path).with_context(|| ckpt_path.display().to_string())?;
-        trainer
-            .restore(&bytes)
-            .map_err(|e| anyhow::anyhow!("{}: {e}", ckpt_path.display()))?;
-        keep_metrics_up_to(&metrics_path, trainer.step_count())?;
-        sink(TrainEvent::Log(format!(
-            "resumed from {} at step {}",
-            ckpt_path.display(),
-            trainer.step_count()
-        )));
-    } else if metrics_path.exists() {
-        std::fs::remove_file(&metrics_path)?;
+    let resume_from = match run.resume.unwrap_or(false) && ckpt_path.exists() {
+        true => {
+            let bytes =
+                std::fs::read(&ckpt_path).with_context(|| ckpt_path.display().to_string())?;
+            trainer
+                .restore(&bytes)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", ckpt_path.display()))?;
+            Some(trainer.step_count())
+        }
+        false => None,
+    };
+    // Everything validated: from here on the run folder is written.
+    if let Some((_, base)) = &loftq {
+        base.write(&out.join(LOFTQ_BASE))?;
     }
-    std::fs::write(out.join("run.toml"), run.to_toml())?;
+    std::fs::create_dir_all(out.join("checkpoint"))
+        .with_context(|| format!("{}: cannot create", out.join("checkpoint").display()))?;
+    let mut metrics = MetricsLog::open(&out.join("metrics.jsonl"), resume_from)?;
+    if let Some(step) = resume_from {
+        sink(TrainEvent::Log(format!(
+            "resumed from {} at step {step}",
+            ckpt_path.display()
+        )));
+    }
+    write_atomic(&out.join("run.toml"), run.to_toml().as_bytes())?;
     sink(TrainEvent::Log(format!(
         "training {} ({n_params} trainable parameters) on {} examples ({} eval), {total} steps of {bs}x{accum}",
         method_name(&cfg),
@@ -331,14 +346,10 @@ pub fn run_training(
     let first = trainer.step_count();
     let mut last: Option<StepMetrics> = None;
     let mut last_eval = None;
-    let mut metrics_file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&metrics_path)?;
     if !eval_batches.is_empty() && trainer.step_count() == 0 {
         let el = pollster::block_on(trainer.eval_loss(&eval_batches))?;
         let line = serde_json::json!({"step": 0, "eval_loss": el});
-        writeln!(metrics_file, "{line}")?;
+        metrics.append(&line)?;
         sink(TrainEvent::Log(format!(
             "eval loss before training: {el:.4}"
         )));
@@ -359,11 +370,7 @@ pub fn run_training(
         let m = match pollster::block_on(trainer.step(&micro)) {
             Ok(m) => m,
             Err(e @ TrainError::NonFinite { .. }) => {
-                bail!(
-                    "{e}; stopped. The last good checkpoint is {} (step {}).",
-                    ckpt_path.display(),
-                    checkpoint_step(&ckpt_path)
-                );
+                bail!("{e}; stopped. {}", last_good(&ckpt_path));
             }
             Err(e) => return Err(e.into()),
         };
@@ -379,7 +386,14 @@ pub fn run_training(
             line["eval_loss"] = el.into();
             last_eval = Some(el);
         }
-        writeln!(metrics_file, "{line}")?;
+        if let Err(e) = metrics.append(&line) {
+            // Keep what was trained (where the disk allows) before reporting the full disk.
+            let kept = match save_checkpoint(&trainer, &ckpt_path) {
+                Ok(()) => format!("the trained state is kept in {}", ckpt_path.display()),
+                Err(e2) => format!("the checkpoint could not be written either ({e2:#})"),
+            };
+            bail!("{e:#}; {kept} (step {})", m.step);
+        }
         sink(TrainEvent::Metrics(line));
         if due(save_every) {
             save_checkpoint(&trainer, &ckpt_path)?;
@@ -431,39 +445,31 @@ fn method_name(cfg: &adapters::AdapterConfig) -> &'static str {
     }
 }
 
+/// Write the trainer's checkpoint atomically; a non-finite state is refused (the previous, good
+/// checkpoint stays) and the message says which checkpoint is the last good one.
 fn save_checkpoint(trainer: &Trainer, path: &Path) -> Result<()> {
-    let bytes = pollster::block_on(trainer.checkpoint())?;
-    write_atomic(path, &bytes)
-        .with_context(|| format!("{}: cannot write checkpoint", path.display()))
-}
-
-fn checkpoint_step(path: &Path) -> String {
-    std::fs::read(path)
-        .ok()
-        .and_then(|b| {
-            safetensors::SafeTensors::read_metadata(&b)
-                .ok()
-                .and_then(|(_, m)| m.metadata().clone())
-        })
-        .and_then(|m| m.get("step").cloned())
-        .unwrap_or_else(|| "none".into())
-}
-
-/// Drop metrics lines after `step` so a resumed run continues the file cleanly.
-fn keep_metrics_up_to(path: &Path, step: u64) -> Result<()> {
-    let Ok(text) = std::fs::read_to_string(path) else {
-        return Ok(());
+    let bytes = match pollster::block_on(trainer.checkpoint()) {
+        Ok(b) => b,
+        Err(e @ TrainError::NonFiniteState { .. }) => bail!("{e}; {}", last_good(path)),
+        Err(e) => return Err(e.into()),
     };
-    let kept: String = text
-        .lines()
-        .filter(|l| {
-            serde_json::from_str::<serde_json::Value>(l)
-                .ok()
-                .and_then(|v| v["step"].as_u64())
-                .is_some_and(|s| s <= step)
-        })
-        .map(|l| format!("{l}\n"))
-        .collect();
-    write_atomic(path, kept.as_bytes())?;
+    write_atomic(path, &bytes)?;
     Ok(())
+}
+
+/// "The last good checkpoint is PATH (step N)." — or that there is none yet.
+fn last_good(path: &Path) -> String {
+    let step = std::fs::read(path).ok().and_then(|b| {
+        safetensors::SafeTensors::read_metadata(&b)
+            .ok()
+            .and_then(|(_, m)| m.metadata().clone())
+            .and_then(|m| m.get("step").cloned())
+    });
+    match step {
+        Some(step) => format!(
+            "The last good checkpoint is {} (step {step}).",
+            path.display()
+        ),
+        None => "No checkpoint was written before (lower --lr, or set --save-every).".into(),
+    }
 }

@@ -108,68 +108,30 @@ impl ParSettings {
                 "unknown par_split `{split}` (auto, label, vote, heuristic)"
             ));
         }
-        let voters = run.par_voters.unwrap_or(3);
-        if voters.is_multiple_of(2) {
-            return Err(format!(
-                "par_voters must be odd so a majority always exists (got {voters})"
-            ));
-        }
-        let frac = |name: &str, v: Option<f64>, def: f64, open_zero: bool| {
-            let x = v.unwrap_or(def);
-            let ok = if open_zero {
-                x > 0.0 && x <= 1.0
-            } else {
-                (0.0..=1.0).contains(&x)
-            };
-            if ok {
-                Ok(x)
-            } else {
-                Err(format!(
-                    "{name} {x} must be in {}",
-                    if open_zero { "(0, 1]" } else { "[0, 1]" }
-                ))
-            }
-        };
-        let positive = |name: &str, x: f64| {
-            if x.is_finite() && x > 0.0 {
-                Ok(x)
-            } else {
-                Err(format!("{name} {x} must be positive"))
-            }
-        };
-        let group = run.grpo_group.unwrap_or(8);
-        if group < 2 {
-            return Err(format!(
-                "grpo_group {group} must be at least 2 (advantages are normalised within the group)"
-            ));
-        }
+        run.validate()?;
         let reward = run.grpo_reward.clone().unwrap_or_else(|| "number".into());
         grpo::Reward::parse(&reward)?;
-        let kl = run.grpo_kl.unwrap_or(0.0);
-        if !(kl.is_finite() && kl >= 0.0) {
-            return Err(format!("grpo_kl {kl} must be >= 0"));
-        }
         Ok(ParSettings {
             split,
-            voters,
+            voters: run.par_voters.unwrap_or(3),
             importance: run.par_importance.as_deref().unwrap_or("taylor").parse()?,
-            samples: run.par_samples.unwrap_or(100).max(1),
-            theta: frac("par_theta", run.par_theta, 0.9, true)?,
-            alpha: frac("par_alpha", run.par_alpha, 1.0, false)?,
-            beta: frac("par_beta", run.par_beta, 1.0, false)?,
-            init_std: positive("par_init_std", run.par_init_std.unwrap_or(0.01))?,
+            samples: run.par_samples.unwrap_or(100),
+            theta: run.par_theta.unwrap_or(0.9),
+            alpha: run.par_alpha.unwrap_or(1.0),
+            beta: run.par_beta.unwrap_or(1.0),
+            init_std: run.par_init_std.unwrap_or(0.01),
             sft_steps: run.sft_steps.or(run.steps),
             rl_steps: run.rl_steps.or(run.steps),
-            sft_lr: positive("sft_lr", run.sft_lr.or(run.lr).unwrap_or(2e-4))?,
-            rl_lr: positive("rl_lr", run.rl_lr.unwrap_or(5e-6))?,
+            sft_lr: run.sft_lr.or(run.lr).unwrap_or(2e-4),
+            rl_lr: run.rl_lr.unwrap_or(5e-6),
             grpo: grpo::GrpoConfig {
-                group,
-                prompts_per_step: run.grpo_prompts.unwrap_or(1).max(1),
-                clip_eps: positive("grpo_clip", run.grpo_clip.unwrap_or(0.2))?,
-                kl_beta: kl,
+                group: run.grpo_group.unwrap_or(8),
+                prompts_per_step: run.grpo_prompts.unwrap_or(1),
+                clip_eps: run.grpo_clip.unwrap_or(0.2),
+                kl_beta: run.grpo_kl.unwrap_or(0.0),
                 temperature: run.grpo_temperature.unwrap_or(1.0),
                 top_p: 1.0,
-                max_new_tokens: run.grpo_max_new_tokens.unwrap_or(64).max(1),
+                max_new_tokens: run.grpo_max_new_tokens.unwrap_or(64),
             },
             reward,
             rl_eval: run.rl_eval.unwrap_or(0),

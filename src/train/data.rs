@@ -28,7 +28,7 @@ pub struct Example {
 
 /// A data file problem, with the file and line (1-based) it was found on.
 #[derive(Debug, thiserror::Error)]
-#[error("{file}:{line}: {msg}")]
+#[error("{file}{}: {msg}", if *line > 0 { format!(":{line}") } else { String::new() })]
 pub struct DataError {
     /// Data file.
     pub file: String,
@@ -63,6 +63,9 @@ pub struct DataOptions {
     pub max_seq_len: usize,
     /// Policy for malformed records.
     pub on_bad_line: BadLine,
+    /// The model's vocabulary size: token ids and labels must lie below it (checked per record,
+    /// so a bad id names its line and `on_bad_line` applies).
+    pub vocab_size: Option<usize>,
 }
 
 impl Default for DataOptions {
@@ -70,7 +73,86 @@ impl Default for DataOptions {
         DataOptions {
             max_seq_len: 1024,
             on_bad_line: BadLine::Stop,
+            vocab_size: None,
         }
+    }
+}
+
+/// Bytes of text kept per token of `max_seq_len` when a record's string is longer than it can
+/// use: no token of a real vocabulary is longer, so the first `max_seq_len` tokens are those of
+/// the whole string, while a 50 MB line costs a bounded amount of tokenizer memory.
+pub const BYTES_PER_TOKEN_BOUND: usize = 64;
+
+/// Smallest cut applied to a long string (below it, cutting saves nothing).
+const MIN_STRING_CUT: usize = 1 << 16;
+
+/// A data file's text and the lines [`decode_text`] skipped: `(line, why)`.
+pub type DecodedText<'a> = (std::borrow::Cow<'a, str>, Vec<(usize, String)>);
+
+/// Decode a data file's bytes as UTF-8. Lines that are not UTF-8 are an error naming the line, or,
+/// with [`BadLine::Skip`], become empty lines (so later line numbers stay right) and are listed.
+pub fn decode_text<'a>(
+    bytes: &'a [u8],
+    file: &str,
+    on_bad_line: BadLine,
+) -> Result<DecodedText<'a>, DataError> {
+    if let Ok(text) = std::str::from_utf8(bytes) {
+        return Ok((text.into(), Vec::new()));
+    }
+    let mut text = String::with_capacity(bytes.len());
+    let mut skipped = Vec::new();
+    for (i, line) in bytes.split(|&b| b == b'\n').enumerate() {
+        if i > 0 {
+            text.push('\n');
+        }
+        match std::str::from_utf8(line) {
+            Ok(l) => text.push_str(l),
+            Err(e) => {
+                let msg = format!("not UTF-8 text (byte {} of the line)", e.valid_up_to() + 1);
+                if on_bad_line == BadLine::Stop {
+                    return Err(DataError {
+                        file: file.into(),
+                        line: i + 1,
+                        msg,
+                    });
+                }
+                skipped.push((i + 1, msg));
+            }
+        }
+    }
+    Ok((text.into(), skipped))
+}
+
+/// Bytes of a record string that `max_seq_len` tokens can use.
+fn string_budget(max_seq_len: usize) -> usize {
+    max_seq_len
+        .saturating_mul(BYTES_PER_TOKEN_BOUND)
+        .max(MIN_STRING_CUT)
+}
+
+/// Length in bytes of the longest string anywhere in `v`.
+fn longest_string(v: &Value) -> usize {
+    match v {
+        Value::String(s) => s.len(),
+        Value::Array(items) => items.iter().map(longest_string).max().unwrap_or(0),
+        Value::Object(map) => map.values().map(longest_string).max().unwrap_or(0),
+        _ => 0,
+    }
+}
+
+/// Cut every string in `v` longer than `budget` bytes (at a char boundary).
+fn cap_strings(v: &mut Value, budget: usize) {
+    match v {
+        Value::String(s) if s.len() > budget => {
+            let mut cut = budget;
+            while !s.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            s.truncate(cut);
+        }
+        Value::Array(items) => items.iter_mut().for_each(|x| cap_strings(x, budget)),
+        Value::Object(map) => map.values_mut().for_each(|x| cap_strings(x, budget)),
+        _ => {}
     }
 }
 
@@ -346,11 +428,26 @@ fn alpaca_example(t: &Tokenize<'_>, v: &Value) -> Result<Example, String> {
     Ok(prompt_answer(prompt, answer))
 }
 
-/// Turn one record into an [`Example`].
-pub fn to_example(v: &Value, tok: Option<&Tokenize<'_>>) -> Result<Example, String> {
+/// Turn one record into an [`Example`]: strings longer than `opts.max_seq_len` tokens can use are
+/// cut first, and ids and labels are checked against `opts.vocab_size`.
+pub fn to_example(
+    v: &Value,
+    tok: Option<&Tokenize<'_>>,
+    opts: &DataOptions,
+) -> Result<Example, String> {
     if !v.is_object() {
         return Err("record must be a JSON object".into());
     }
+    let capped;
+    let budget = string_budget(opts.max_seq_len);
+    let v = if longest_string(v) > budget {
+        let mut c = v.clone();
+        cap_strings(&mut c, budget);
+        capped = c;
+        &capped
+    } else {
+        v
+    };
     let need_tok = || tok.ok_or_else(|| "text records need a model with a tokenizer".to_string());
     let ex = if v.get("input_ids").is_some() {
         ids_example(v)?
@@ -376,6 +473,22 @@ pub fn to_example(v: &Value, tok: Option<&Tokenize<'_>>) -> Result<Example, Stri
     if ex.input_ids.is_empty() {
         return Err("record tokenizes to nothing".into());
     }
+    if let Some(vocab) = opts.vocab_size {
+        if let Some(&id) = ex.input_ids.iter().find(|&&id| id as usize >= vocab) {
+            return Err(format!(
+                "token id {id} is outside the model's vocabulary (size {vocab})"
+            ));
+        }
+        if let Some(&l) = ex
+            .labels
+            .iter()
+            .find(|&&l| l != IGNORE && !(0..vocab as i64).contains(&l))
+        {
+            return Err(format!(
+                "label {l} is neither -100 nor a token id of the model's vocabulary (size {vocab})"
+            ));
+        }
+    }
     Ok(ex)
 }
 
@@ -394,6 +507,7 @@ pub fn load_examples(
     let opts = DataOptions {
         max_seq_len: usize::MAX,
         on_bad_line: BadLine::Stop,
+        vocab_size: None,
     };
     load_examples_with(text, file, tok, &opts).map(|(examples, _)| examples)
 }
@@ -417,7 +531,7 @@ pub fn load_examples_with(
     let mut report = LoadReport::default();
     let mut examples = Vec::new();
     for (line, rec) in read_records(text, file)? {
-        let mut ex = match rec.and_then(|v| to_example(&v, tok)) {
+        let mut ex = match rec.and_then(|v| to_example(&v, tok, opts)) {
             Ok(ex) => ex,
             Err(msg) if opts.on_bad_line == BadLine::Skip => {
                 report.skipped.push((line, msg));
@@ -596,7 +710,11 @@ mod tests {
             tokenizer: tok,
             chat_template: ct,
         };
-        to_example(&serde_json::from_str(rec).unwrap(), Some(&t))
+        to_example(
+            &serde_json::from_str(rec).unwrap(),
+            Some(&t),
+            &DataOptions::default(),
+        )
     }
 
     const X: i64 = IGNORE;
@@ -754,6 +872,55 @@ mod tests {
         let lines: Vec<usize> = report.skipped.iter().map(|(l, _)| *l).collect();
         assert_eq!(lines, vec![3, 5]);
         assert!(report.skipped[1].1.contains("none of"));
+    }
+
+    #[test]
+    fn ids_and_labels_are_checked_against_the_vocabulary_per_line() {
+        let data = "{\"input_ids\":[1,2]}\n{\"input_ids\":[1,99]}\n{\"input_ids\":[1,2],\"labels\":[-100,7]}\n{\"input_ids\":[1,2],\"labels\":[-5,2]}\n";
+        let stop = DataOptions {
+            vocab_size: Some(10),
+            ..DataOptions::default()
+        };
+        let e = load_examples_with(data, "d.jsonl", None, &stop).unwrap_err();
+        assert_eq!(e.line, 2);
+        assert!(e.to_string().starts_with("d.jsonl:2: token id 99"), "{e}");
+        let skip = DataOptions {
+            on_bad_line: BadLine::Skip,
+            ..stop
+        };
+        let (ex, report) = load_examples_with(data, "d.jsonl", None, &skip).unwrap();
+        assert_eq!(ex.len(), 2);
+        let lines: Vec<usize> = report.skipped.iter().map(|(l, _)| *l).collect();
+        assert_eq!(lines, vec![2, 4]);
+        assert!(report.skipped[1].1.contains("label -5"));
+    }
+
+    #[test]
+    fn invalid_utf8_names_the_line_or_is_skipped() {
+        let bytes = b"{\"input_ids\":[1,2]}\n{\"text\":\"\xff\xfe\"}\n{\"input_ids\":[3,4]}\n";
+        let e = decode_text(bytes, "d.jsonl", BadLine::Stop).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "d.jsonl:2: not UTF-8 text (byte 10 of the line)"
+        );
+        let (text, skipped) = decode_text(bytes, "d.jsonl", BadLine::Skip).unwrap();
+        assert_eq!(skipped.len(), 1);
+        let (ex, _) = load_examples_with(&text, "d.jsonl", None, &DataOptions::default()).unwrap();
+        assert_eq!(ex.len(), 2);
+        assert!(matches!(
+            decode_text(b"ok", "d", BadLine::Stop),
+            Ok((std::borrow::Cow::Borrowed("ok"), _))
+        ));
+    }
+
+    #[test]
+    fn long_strings_are_cut_before_tokenizing() {
+        let mut v = serde_json::json!({"text": "é".repeat(100_000), "n": [{"c": "ab"}]});
+        assert_eq!(longest_string(&v), 200_000);
+        cap_strings(&mut v, string_budget(4));
+        assert_eq!(v["text"].as_str().unwrap().len(), MIN_STRING_CUT);
+        assert_eq!(v["n"][0]["c"], "ab");
+        assert_eq!(string_budget(10_000), 640_000);
     }
 
     #[test]

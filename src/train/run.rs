@@ -9,6 +9,21 @@ use crate::train::optim::{AdamWConfig, Schedule};
 use crate::train::trainer::TrainConfig;
 use serde::{Deserialize, Serialize};
 
+/// Largest LoRA rank accepted (an adapter's rank is also capped by each layer's own sizes).
+pub const MAX_RANK: usize = 4096;
+/// Largest OFT block size accepted.
+pub const MAX_BLOCK: usize = 4096;
+/// Most Cayley-Neumann terms accepted: each term is one more block matmul kept for the backward
+/// pass; the series has converged in f32 long before this.
+pub const MAX_NEUMANN_TERMS: usize = 64;
+/// Most steps / epochs / intervals accepted (a bound, not a recommendation).
+pub const MAX_STEPS: usize = 100_000_000;
+/// Most rows per micro-batch, micro-batches per step, or items of a LoRA-PAR pass accepted; the
+/// data also has to hold them (see `Schedule::new`).
+pub const MAX_ROWS: usize = 1 << 20;
+/// Longest sequence accepted.
+pub const MAX_SEQ_LEN: usize = 1 << 20;
+
 /// Every setting of `wgtune train`, as flags and as TOML keys.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, clap::Args)]
 #[serde(deny_unknown_fields)]
@@ -207,13 +222,132 @@ pub struct RunConfig {
 }
 
 impl RunConfig {
-    /// `self` with every field that `over` sets replaced (flags over the run file).
-    pub fn overlay(&self, over: &RunConfig) -> RunConfig {
-        let base = toml::Table::try_from(self).unwrap_or_default();
-        let top = toml::Table::try_from(over).unwrap_or_default();
-        let mut merged = base;
-        merged.extend(top);
-        merged.try_into().unwrap_or_else(|_| over.clone())
+    /// `self` with every field that `over` sets replaced (flags over the run file). Both sides are
+    /// validated first; the merge goes through JSON, which holds every valid value of a field
+    /// (TOML integers stop at `i64::MAX`; JSON has no NaN, which validation has refused).
+    pub fn overlay(&self, over: &RunConfig) -> Result<RunConfig, String> {
+        self.validate()?;
+        over.validate()?;
+        let table = |c: &RunConfig| match serde_json::to_value(c) {
+            Ok(serde_json::Value::Object(m)) => Ok(m),
+            other => Err(format!("cannot merge the run settings: {other:?}")),
+        };
+        let mut merged = table(self)?;
+        merged.extend(table(over)?.into_iter().filter(|(_, v)| !v.is_null()));
+        serde_json::from_value(serde_json::Value::Object(merged))
+            .map_err(|e| format!("cannot merge the run settings: {e}"))
+    }
+
+    /// Check every numeric setting against its range before anything is allocated or written:
+    /// counts that size buffers are bounded, fractions are fractions, rates are finite. The first
+    /// problem names the setting (as its flag) and the allowed range.
+    pub fn validate(&self) -> Result<(), String> {
+        let flag = |key: &str| format!("`{key}` (--{})", key.replace('_', "-"));
+        for (key, v, lo, hi) in [
+            ("r", self.r, 1, MAX_RANK),
+            ("oft_block_size", self.oft_block_size, 1, MAX_BLOCK),
+            (
+                "cayley_neumann_terms",
+                self.cayley_neumann_terms,
+                2,
+                MAX_NEUMANN_TERMS,
+            ),
+            ("loftq_iters", self.loftq_iters, 1, 100),
+            ("steps", self.steps, 0, MAX_STEPS),
+            ("epochs", self.epochs, 1, MAX_STEPS),
+            ("warmup_steps", self.warmup_steps, 0, MAX_STEPS),
+            ("batch_size", self.batch_size, 1, MAX_ROWS),
+            ("grad_accum", self.grad_accum, 1, MAX_ROWS),
+            ("max_seq_len", self.max_seq_len, 2, MAX_SEQ_LEN),
+            ("eval_every", self.eval_every, 0, MAX_STEPS),
+            ("save_every", self.save_every, 0, MAX_STEPS),
+            ("par_voters", self.par_voters, 1, 99),
+            ("par_samples", self.par_samples, 1, MAX_ROWS),
+            ("sft_steps", self.sft_steps, 0, MAX_STEPS),
+            ("rl_steps", self.rl_steps, 0, MAX_STEPS),
+            ("grpo_group", self.grpo_group, 2, 256),
+            ("grpo_prompts", self.grpo_prompts, 1, MAX_ROWS),
+            (
+                "grpo_max_new_tokens",
+                self.grpo_max_new_tokens,
+                1,
+                MAX_SEQ_LEN,
+            ),
+            ("rl_eval", self.rl_eval, 0, MAX_ROWS),
+        ] {
+            if let Some(v) = v
+                && !(lo..=hi).contains(&v)
+            {
+                return Err(format!(
+                    "{} {v} is out of range (allowed {lo}..={hi})",
+                    flag(key)
+                ));
+            }
+        }
+        if let Some(v) = self.par_voters.filter(|v| v % 2 == 0) {
+            return Err(format!(
+                "{} {v} must be odd so a majority always exists",
+                flag("par_voters")
+            ));
+        }
+        let positive = |x: f64| x.is_finite() && x > 0.0;
+        let non_negative = |x: f64| x.is_finite() && x >= 0.0;
+        let fraction = |x: f64| (0.0..=1.0).contains(&x);
+        let below_one = |x: f64| (0.0..1.0).contains(&x);
+        type Check<'a> = (&'a str, Option<f64>, fn(f64) -> bool, &'a str);
+        let checks: [Check; 15] = [
+            ("lr", self.lr, positive, "a positive number"),
+            ("sft_lr", self.sft_lr, positive, "a positive number"),
+            ("rl_lr", self.rl_lr, positive, "a positive number"),
+            ("lora_alpha", self.lora_alpha, positive, "a positive number"),
+            ("eps", self.eps, positive, "a positive number"),
+            (
+                "par_init_std",
+                self.par_init_std,
+                positive,
+                "a positive number",
+            ),
+            ("grpo_clip", self.grpo_clip, positive, "a positive number"),
+            ("lora_dropout", self.lora_dropout, below_one, "in [0, 1)"),
+            ("eval_split", self.eval_split, below_one, "in [0, 1)"),
+            (
+                "max_grad_norm",
+                self.max_grad_norm,
+                non_negative,
+                "0 (off) or positive",
+            ),
+            (
+                "weight_decay",
+                self.weight_decay,
+                non_negative,
+                "0 or positive",
+            ),
+            ("grpo_kl", self.grpo_kl, non_negative, "0 or positive"),
+            (
+                "par_theta",
+                self.par_theta,
+                |x| x > 0.0 && x <= 1.0,
+                "in (0, 1]",
+            ),
+            ("par_alpha", self.par_alpha, fraction, "in [0, 1]"),
+            ("par_beta", self.par_beta, fraction, "in [0, 1]"),
+        ];
+        for (key, v, ok, range) in checks {
+            if let Some(v) = v
+                && !ok(v)
+            {
+                return Err(format!("{} {v} must be {range}", flag(key)));
+            }
+        }
+        if let Some(t) = self.grpo_temperature
+            && !non_negative(f64::from(t))
+        {
+            return Err(format!(
+                "{} {t} must be 0 (greedy) or positive",
+                flag("grpo_temperature")
+            ));
+        }
+        Ok(())
     }
 
     /// Parse a TOML run file; unknown keys are errors naming them.
@@ -359,7 +493,7 @@ mod tests {
             lr: Some(0.5),
             ..Default::default()
         };
-        let run = file.overlay(&flags);
+        let run = file.overlay(&flags).unwrap();
         assert_eq!(
             (run.model.as_deref(), run.lr, run.r),
             (Some("m"), Some(0.5), Some(4))

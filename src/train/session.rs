@@ -24,6 +24,7 @@ pub fn data_options(run: &RunConfig) -> Result<DataOptions> {
     Ok(DataOptions {
         max_seq_len: run.max_seq_len.unwrap_or(512),
         on_bad_line,
+        vocab_size: None,
     })
 }
 
@@ -40,7 +41,11 @@ pub fn examples_from_text(
         tokenizer: t,
         chat_template: lm.chat_template.as_ref(),
     });
-    let (examples, report) = load_examples_with(text, file, tok.as_ref(), opts)?;
+    let opts = DataOptions {
+        vocab_size: Some(lm.model.config.vocab_size),
+        ..*opts
+    };
+    let (examples, report) = load_examples_with(text, file, tok.as_ref(), &opts)?;
     let mut log = Vec::new();
     for (line, msg) in &report.skipped {
         log.push(format!("warning: {file}:{line}: skipped: {msg}"));
@@ -78,6 +83,9 @@ pub struct Schedule {
     pub total: usize,
     /// Padding token id.
     pub pad: u32,
+    /// What the schedule changed from the run's settings, for the user (a batch larger than the
+    /// data is cut to the data, as a data loader without `drop_last` does).
+    pub notes: Vec<String>,
     seed: u64,
     shuffle: bool,
     orders: HashMap<usize, Vec<usize>>,
@@ -91,11 +99,21 @@ impl Schedule {
         if train.is_empty() {
             bail!("{file}: no training examples left after the eval split");
         }
-        let batch_size = run.batch_size.unwrap_or(4).max(1);
-        let accum = run.grad_accum.unwrap_or(1).max(1);
+        let n = train.len();
+        let (want_bs, want_accum) = (run.batch_size.unwrap_or(4), run.grad_accum.unwrap_or(1));
+        // Rows per step never exceed the data: nothing is allocated in proportion to a setting
+        // the data cannot fill.
+        let batch_size = want_bs.clamp(1, n);
+        let accum = want_accum.clamp(1, n.div_ceil(batch_size));
+        let mut notes = Vec::new();
+        if (batch_size, accum) != (want_bs, want_accum) {
+            notes.push(format!(
+                "{file}: {n} training examples: batch {want_bs} x {want_accum} cut to {batch_size} x {accum}"
+            ));
+        }
         let total = match run.steps {
             Some(s) => s,
-            None => (run.epochs.unwrap_or(1) * train.len()).div_ceil(batch_size * accum),
+            None => (run.epochs.unwrap_or(1).saturating_mul(n)).div_ceil(batch_size * accum),
         };
         Ok(Schedule {
             train,
@@ -104,6 +122,7 @@ impl Schedule {
             accum,
             total,
             pad,
+            notes,
             seed,
             shuffle: !run.no_shuffle.unwrap_or(false),
             orders: HashMap::new(),
@@ -169,11 +188,13 @@ impl Session {
         data_text: &str,
         data_file: &str,
     ) -> Result<(Session, Vec<String>)> {
+        run.validate().map_err(anyhow::Error::msg)?;
         let adapter_cfg: AdapterConfig = run.adapter().map_err(anyhow::Error::msg)?;
         let opts = data_options(run)?;
         let (data, mut log) = examples_from_text(run, &opts, data_text, data_file, &lm)?;
         let pad = lm.model.config.eos_token_ids.first().copied().unwrap_or(0);
         let schedule = Schedule::new(run, data, pad, data_file)?;
+        log.extend(schedule.notes.iter().cloned());
         let mut model = lm.model;
         adapters::attach(&mut model, &adapter_cfg, run.seed.unwrap_or(42))?;
         let trainable: usize = adapters::named_parameters(&model)

@@ -62,6 +62,14 @@ pub enum TrainError {
         /// Step that failed.
         step: u64,
     },
+    /// The adapter or optimizer state holds NaN/inf: it is not worth a checkpoint.
+    #[error("{tensor} holds non-finite values after step {step}: no checkpoint written")]
+    NonFiniteState {
+        /// First tensor found non-finite.
+        tensor: String,
+        /// Step the state belongs to.
+        step: u64,
+    },
     /// A checkpoint does not fit this run.
     #[error("checkpoint: {0}")]
     Checkpoint(String),
@@ -277,21 +285,32 @@ impl Trainer {
     }
 
     /// Checkpoint bytes (safetensors): adapter tensors, AdamW moments and the step in metadata.
+    /// Refuses a state with NaN/inf anywhere, so a checkpoint on disk is always a good one.
     pub async fn checkpoint(&self) -> Result<Vec<u8>, TrainError> {
         let mut out = BTreeMap::new();
         let named = adapters::named_parameters(&self.model);
+        let step = self.optimizer.step;
+        let mut put = |key: String, shape: Vec<usize>, values: Vec<f32>| {
+            if values.iter().any(|x| !x.is_finite()) {
+                return Err(TrainError::NonFiniteState { tensor: key, step });
+            }
+            out.insert(key, (shape, values));
+            Ok(())
+        };
         for (i, (key, p)) in named.into_iter().enumerate() {
             let shape = p.dims().to_vec();
-            out.insert(format!("param/{key}"), (shape.clone(), read_f32(p).await?));
+            put(format!("param/{key}"), shape.clone(), read_f32(p).await?)?;
             if let Some(mom) = self.optimizer.moments.get(i) {
-                out.insert(
+                put(
                     format!("adam_m/{key}"),
-                    (shape.clone(), read_f32(mom.m.clone()).await?),
-                );
-                out.insert(
+                    shape.clone(),
+                    read_f32(mom.m.clone()).await?,
+                )?;
+                put(
                     format!("adam_v/{key}"),
-                    (shape, read_f32(mom.v.clone()).await?),
-                );
+                    shape,
+                    read_f32(mom.v.clone()).await?,
+                )?;
             }
         }
         let meta = HashMap::from([

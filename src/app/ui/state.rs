@@ -454,6 +454,7 @@ pub fn summarize_data(
     let opts = DataOptions {
         max_seq_len: usize::MAX,
         on_bad_line: BadLine::Skip,
+        vocab_size: model.map(|m| m.config.vocab_size),
     };
     let (examples, report) =
         load_examples_with(text, path, tok.as_ref(), &opts).map_err(|e| e.to_string())?;
