@@ -394,3 +394,90 @@ fn last_good_checkpoint_is_finite() {
         assert!(line.contains("No checkpoint was written"), "{line}");
     }
 }
+
+/// Seeded random mutations of data lines in every record format (byte flips, JSON-significant
+/// bytes, splices, truncations, huge numbers), tokenized with a real tokenizer and chat template:
+/// every line either becomes an example or is reported against its line, never a panic.
+#[test]
+fn mutated_data_lines_never_panic() {
+    use wgtune::app::files::DirSource;
+    use wgtune::model::loader::{ModelSource, read_model};
+    use wgtune::train::data::{BadLine, DataOptions, Tokenize, load_examples_with};
+    let dir = DirSource::new(fixture("arch/qwen2"));
+    let files = read_model(ModelSource::HfFolder(&dir)).unwrap();
+    let tok = Tokenize {
+        tokenizer: files.tokenizer.as_ref().unwrap(),
+        chat_template: files.chat_template.as_ref(),
+    };
+    let seeds = [
+        r#"{"input_ids": [1, 2, 3, 4], "labels": [-100, 2, 3, 4]}"#,
+        r#"{"text": "The quick brown fox jumps over the lazy dog."}"#,
+        r#"{"prompt": "What is 2+2?", "completion": " 4"}"#,
+        r#"{"instruction": "Add the numbers.", "input": "3 and 5", "output": "8"}"#,
+        r#"{"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]}"#,
+        r#"{"prompt": [{"role": "user", "content": "Hi"}], "completion": [{"role": "assistant", "content": "Yo"}]}"#,
+    ];
+    let inserts: [&[u8]; 10] = [
+        b"\"",
+        b"{",
+        b"]",
+        b"\\u0000",
+        b"99999999999999999999",
+        b"-1",
+        b"null",
+        b"\xff",
+        b"\\",
+        b"\n",
+    ];
+    let opts = DataOptions {
+        max_seq_len: 64,
+        on_bad_line: BadLine::Skip,
+        vocab_size: Some(files.config.vocab_size),
+    };
+    let mut x: u64 = 0x9e3779b97f4a7c15;
+    let mut next = |n: usize| {
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((x >> 33) as usize) % n.max(1)
+    };
+    for case in 0..20_000 {
+        let mut line = seeds[case % seeds.len()].as_bytes().to_vec();
+        for _ in 0..1 + next(3) {
+            let at = next(line.len() + 1);
+            match next(4) {
+                0 if !line.is_empty() => {
+                    let i = at.min(line.len() - 1);
+                    line[i] ^= 1 << next(8);
+                }
+                1 => line
+                    .splice(at..at, inserts[next(inserts.len())].iter().copied())
+                    .for_each(drop),
+                2 => line.truncate(at),
+                _ => {
+                    let from = next(line.len() + 1);
+                    let piece = line[from..].to_vec();
+                    line.splice(at..at, piece).for_each(drop);
+                }
+            }
+        }
+        let text = String::from_utf8_lossy(&line).into_owned();
+        let result = std::panic::catch_unwind(|| {
+            load_examples_with(
+                &format!("{}\n{text}\n", seeds[0]),
+                "fuzz.jsonl",
+                Some(&tok),
+                &opts,
+            )
+        });
+        let Ok(result) = result else {
+            panic!("case {case}: panic on line {text:?}");
+        };
+        // The intact first line always survives, so the file as a whole never fails.
+        let (examples, report) = result.unwrap_or_else(|e| panic!("case {case}: {e} for {text:?}"));
+        let lines = text.lines().count() + 1;
+        assert!(report.skipped.iter().all(|(l, _)| *l <= lines), "{text:?}");
+        assert!(examples.iter().all(|e| e.input_ids.len() <= 64));
+        assert!(examples.len() + report.skipped.len() + report.dropped_unscored <= lines + 1);
+    }
+}
