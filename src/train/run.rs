@@ -507,6 +507,31 @@ mod tests {
     }
 
     #[test]
+    fn overlay_keeps_every_flag_or_fails() {
+        let file = RunConfig::from_toml("out = \"a\"\nsteps = 5\n").unwrap();
+        let flags = RunConfig {
+            out: Some("b".into()),
+            save_every: Some(MAX_STEPS),
+            ..Default::default()
+        };
+        let run = file.overlay(&flags).unwrap();
+        assert_eq!(
+            (run.out.as_deref(), run.steps, run.save_every),
+            (Some("b"), Some(5), Some(MAX_STEPS))
+        );
+        let huge = RunConfig {
+            save_every: Some(usize::MAX),
+            ..flags.clone()
+        };
+        assert!(file.overlay(&huge).unwrap_err().contains("save_every"));
+        let nan = RunConfig {
+            eval_split: Some(f64::NAN),
+            ..flags
+        };
+        assert!(file.overlay(&nan).unwrap_err().contains("eval_split"));
+    }
+
+    #[test]
     fn bad_settings_are_explained() {
         let c = RunConfig {
             target_modules: Some("q_proj,qkv".into()),

@@ -331,16 +331,11 @@ pub fn problems(run: &RunConfig, model: Option<&ModelInfo>) -> Vec<String> {
     {
         out.push(e);
     }
-    if let Some(s) = run.eval_split
-        && !(0.0..1.0).contains(&s)
-    {
-        out.push(format!("eval split {s} must be in [0, 1)"));
+    if let Err(e) = run.validate() {
+        out.push(e);
     }
     if run.steps == Some(0) {
         out.push("steps must be at least 1 (or leave it empty to train by epochs)".into());
-    }
-    if run.batch_size == Some(0) || run.grad_accum == Some(0) || run.max_seq_len == Some(0) {
-        out.push("batch size, gradient accumulation and sequence length must be at least 1".into());
     }
     if let Some(q) = run.quantize.as_deref()
         && q != "nf4"
