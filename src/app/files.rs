@@ -6,7 +6,8 @@ use crate::model::loader::ModelSource;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-/// Read a whole file as a shared blob (memory-mapped when non-empty).
+/// Read a whole file as a shared blob (memory-mapped when a non-empty regular file; a pipe such as
+/// `<(cmd)` or `/dev/stdin` is read to its end).
 pub fn read_blob(path: &Path) -> Result<Blob, LoadError> {
     let os = |cause| LoadError::Os {
         file: path.display().to_string(),
@@ -20,8 +21,12 @@ pub fn read_blob(path: &Path) -> Result<Blob, LoadError> {
             "is a folder, expected a file",
         ));
     }
-    let len = meta.len();
-    if len == 0 {
+    if !meta.is_file() {
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut &file, &mut bytes).map_err(os)?;
+        return Ok(Arc::new(bytes));
+    }
+    if meta.len() == 0 {
         return Ok(Arc::new(Vec::<u8>::new()));
     }
     // SAFETY: the map is read-only; a file truncated underneath us by another process is the one
