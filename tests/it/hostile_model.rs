@@ -470,3 +470,284 @@ fn inspect_reads_headers_only() {
     );
     assert!(stdout.contains("7 x Q8_0"), "{stdout}");
 }
+
+/// Case 6: seeded random mutations of small valid model files, so a failure is reproducible.
+mod fuzz {
+    use super::*;
+    use std::collections::HashMap;
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+    use wgtune::io::{Blob, LoadError};
+    use wgtune::model::loader::{ModelSource, load_model};
+
+    /// Knuth's MMIX linear congruential generator: small, seeded, no crates.
+    struct Lcg(u64);
+
+    impl Lcg {
+        fn next(&mut self) -> u64 {
+            self.0 = self
+                .0
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            self.0 >> 11
+        }
+
+        /// A number below `n` (`n > 0`).
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+    }
+
+    /// Which file of a model is mutated.
+    #[derive(Clone, Copy, Debug)]
+    enum Target {
+        /// The mistral fixture's `model.gguf` (read as a `llama` GGUF).
+        Gguf,
+        /// The `model.safetensors` of the tiny_gqa folder.
+        Safetensors,
+        /// The `config.json` of the tiny_gqa folder.
+        Config,
+    }
+
+    const TARGETS: [Target; 3] = [Target::Gguf, Target::Safetensors, Target::Config];
+
+    impl Target {
+        /// The valid file, and how many leading bytes are header (mutations favour them).
+        fn original(self) -> (Vec<u8>, usize) {
+            let read = |rel: &str| std::fs::read(fixture(rel)).unwrap();
+            match self {
+                Target::Gguf => {
+                    let b = read("arch/mistral/model.gguf");
+                    let header = wgtune::io::gguf::Gguf::parse(&b).unwrap().data_start;
+                    (b, header)
+                }
+                Target::Safetensors => {
+                    let b = read("tiny_gqa/model.safetensors");
+                    let header = 8 + u64::from_le_bytes(b[..8].try_into().unwrap()) as usize;
+                    (b, header)
+                }
+                Target::Config => {
+                    let b = read("tiny_gqa/config.json");
+                    let n = b.len();
+                    (b, n)
+                }
+            }
+        }
+
+        /// The HF folder files with this target's file replaced by `bytes`.
+        fn folder(self, bytes: &[u8]) -> Vec<(&'static str, Vec<u8>)> {
+            let read = |f: &str| std::fs::read(fixture("tiny_gqa").join(f)).unwrap();
+            let mut files = vec![
+                ("config.json", read("config.json")),
+                ("model.safetensors", read("model.safetensors")),
+            ];
+            let i = match self {
+                Target::Config => 0,
+                _ => 1,
+            };
+            files[i].1 = bytes.to_vec();
+            files
+        }
+
+        /// Load a mutated file through the library on the CPU backend.
+        fn load(self, bytes: &[u8], device: &burn::tensor::Device) -> Result<(), LoadError> {
+            match self {
+                Target::Gguf => {
+                    let src = ModelSource::Gguf {
+                        bytes: Arc::new(bytes.to_vec()),
+                        name: "fuzz.gguf".into(),
+                    };
+                    load_model(src, device, None).map(drop)
+                }
+                _ => {
+                    let files = self
+                        .folder(bytes)
+                        .into_iter()
+                        .map(|(n, b)| (n.to_string(), Arc::new(b) as Blob))
+                        .collect();
+                    load_model(ModelSource::HfFolder(&Mem(files)), device, None).map(drop)
+                }
+            }
+        }
+
+        /// Write a mutated file where the binary can read it; the path to pass as `--model`.
+        fn write(self, bytes: &[u8], dir: &Path) -> PathBuf {
+            match self {
+                Target::Gguf => super::write(dir, "fuzz.gguf", bytes),
+                _ => {
+                    let folder = dir.join("fuzz");
+                    std::fs::create_dir_all(&folder).unwrap();
+                    for (name, b) in self.folder(bytes) {
+                        std::fs::write(folder.join(name), b).unwrap();
+                    }
+                    folder
+                }
+            }
+        }
+    }
+
+    /// Files held in memory, as the browser's picker gives them.
+    struct Mem(HashMap<String, Blob>);
+
+    impl FileSource for Mem {
+        fn read(&self, name: &str) -> Result<Option<Blob>, LoadError> {
+            Ok(self.0.get(name).cloned())
+        }
+        fn display(&self, name: &str) -> String {
+            format!("fuzz/{name}")
+        }
+    }
+
+    /// Values a length or count field is bumped to.
+    const HUGE: [u64; 7] = [
+        u64::MAX,
+        1 << 63,
+        1 << 62,
+        1 << 40,
+        1 << 31,
+        u32::MAX as u64,
+        0,
+    ];
+
+    /// JSON values a config field is replaced with.
+    fn json_value(rng: &mut Lcg) -> Value {
+        let huge = HUGE[rng.below(HUGE.len())];
+        match rng.below(8) {
+            0 => json!(huge),
+            1 => json!(-1),
+            2 => json!(1e308),
+            3 => json!(0.5),
+            4 => json!("x"),
+            5 => Value::Null,
+            6 => json!([huge]),
+            _ => json!(rng.below(70)),
+        }
+    }
+
+    /// One mutation of `input` (header = its first `header` bytes, which most mutations hit),
+    /// with a description for the failure message.
+    fn mutate(rng: &mut Lcg, input: &[u8], header: usize, json_file: bool) -> (Vec<u8>, String) {
+        let mut b = input.to_vec();
+        let pos = |rng: &mut Lcg, len: usize| {
+            if rng.below(4) > 0 {
+                rng.below(header.clamp(1, len))
+            } else {
+                rng.below(len)
+            }
+        };
+        match rng.below(if json_file { 6 } else { 5 }) {
+            0 => {
+                let (i, x) = (pos(rng, b.len()), 1 + rng.below(255) as u8);
+                b[i] ^= x;
+                (b, format!("xor byte {i} with {x:#04x}"))
+            }
+            1 => {
+                let cut = pos(rng, b.len());
+                b.truncate(cut);
+                (b, format!("truncate to {cut} bytes"))
+            }
+            2 | 3 => {
+                let width = if rng.below(2) == 0 { 8 } else { 4 };
+                let i = pos(rng, b.len()).min(b.len().saturating_sub(width));
+                let v = HUGE[rng.below(HUGE.len())];
+                let end = (i + width).min(b.len());
+                b[i..end].copy_from_slice(&v.to_le_bytes()[..end - i]);
+                (b, format!("write {v:#x} as {width} bytes at {i}"))
+            }
+            4 => {
+                let (from, to) = (rng.below(b.len()), pos(rng, b.len()));
+                let n = 1 + rng.below(64.min(b.len() - from));
+                let chunk = b[from..from + n].to_vec();
+                b.splice(to..to, chunk);
+                (b, format!("insert bytes {from}..{} at {to}", from + n))
+            }
+            _ => {
+                let mut v: Value = serde_json::from_slice(input).unwrap();
+                let obj = v.as_object_mut().unwrap();
+                let key = obj.keys().nth(rng.below(obj.len())).unwrap().clone();
+                let new = json_value(rng);
+                let what = format!("set `{key}` to {new}");
+                obj.insert(key, new);
+                (v.to_string().into_bytes(), what)
+            }
+        }
+    }
+
+    /// Base seed; case `i` of a target uses `SEED + i`.
+    const SEED: u64 = 0x5eed_2026;
+
+    /// The mutation of case `i` of `target`, reproducible from the seed alone.
+    fn case(target: Target, original: &(Vec<u8>, usize), i: u64) -> (Vec<u8>, String) {
+        let mut rng = Lcg(SEED + i);
+        let rounds = 1 + rng.below(3);
+        let mut bytes = original.0.clone();
+        let mut what = Vec::new();
+        for _ in 0..rounds {
+            if bytes.is_empty() {
+                break;
+            }
+            let json =
+                matches!(target, Target::Config) && serde_json::from_slice::<Value>(&bytes).is_ok();
+            let (b, w) = mutate(&mut rng, &bytes, original.1, json);
+            bytes = b;
+            what.push(w);
+        }
+        (
+            bytes,
+            format!("{target:?} seed {}: {}", SEED + i, what.join("; ")),
+        )
+    }
+
+    /// Thousands of mutations loaded through the library on the CPU backend: errors are fine,
+    /// a panic fails the test naming the seed and the mutation. Stops mutating after ~20 s.
+    #[test]
+    fn mutated_model_files_never_panic_the_loader() {
+        let device = device("cpu");
+        let budget = Duration::from_secs(20) / TARGETS.len() as u32;
+        let (mut loaded, mut tried) = (0, 0);
+        for target in TARGETS {
+            let original = target.original();
+            target.load(&original.0, &device).unwrap();
+            let start = Instant::now();
+            for i in 0..5000 {
+                if start.elapsed() > budget {
+                    break;
+                }
+                let (bytes, what) = case(target, &original, i);
+                tried += 1;
+                let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    target.load(&bytes, &device)
+                }));
+                match result {
+                    Ok(Ok(())) => loaded += 1,
+                    Ok(Err(e)) => assert!(!e.to_string().contains('\n'), "{what}: `{e}`"),
+                    Err(_) => panic!("{what}: the loader panicked"),
+                }
+            }
+        }
+        eprintln!("fuzz: {tried} mutations, {loaded} of them still loaded");
+    }
+
+    /// A few hundred mutations through `wgtune inspect` under the address-space limit: each run
+    /// succeeds or fails cleanly (no panic, no abort from an allocation beyond the limit).
+    #[test]
+    fn mutated_model_files_inspect_cleanly_under_a_memory_limit() {
+        let tmp = tempfile::tempdir().unwrap();
+        let start = Instant::now();
+        for target in TARGETS {
+            let original = target.original();
+            for i in 0..100 {
+                if start.elapsed() > Duration::from_secs(20) {
+                    break;
+                }
+                // Other seeds than the library test's.
+                let (bytes, what) = case(target, &original, 1_000_000 + i);
+                let path = target.write(&bytes, tmp.path());
+                let out = inspect(&path);
+                if !out.status.success() {
+                    assert_clean_failure(&out, &what, &[]);
+                }
+            }
+        }
+    }
+}
