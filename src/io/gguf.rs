@@ -21,8 +21,8 @@ const MAX_DIMS: usize = 4;
 const MAX_ARRAY_DEPTH: usize = 8;
 /// Most metadata array elements a file may hold in all. Each element takes a [`MetaValue`] (32
 /// bytes) in memory for as little as one byte in the file, so counts checked against the file
-/// size alone would still let a large file cost 32× its size; real tokenizers hold a few million.
-const MAX_ARRAY_ELEMENTS: usize = 1 << 24;
+/// size alone would still let a large file cost 32× its size; real tokenizers hold under two million.
+const MAX_ARRAY_ELEMENTS: usize = 1 << 23;
 
 /// Errors from parsing a GGUF file or reading its metadata.
 #[derive(Debug, Error, Clone, PartialEq)]
