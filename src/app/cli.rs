@@ -7,7 +7,7 @@ use crate::backend::{BackendChoice, SelectedBackend, select};
 use crate::io::chat::ChatMessage;
 use crate::model::decoder::causal_lm_loss;
 use crate::model::generate::{SamplingConfig, generate};
-use crate::model::loader::{LoadedModel, load_model, read_model};
+use crate::model::loader::{LoadedModel, load_model};
 use crate::model::read_f32;
 use crate::train::data::{
     BadLine, DataOptions, Example, LoadReport, Tokenize, decode_text, load_examples_with,
@@ -461,10 +461,10 @@ fn cmd_eval(a: EvalArgs) -> Result<()> {
 
 fn cmd_inspect(a: InspectArgs) -> Result<()> {
     let mut dir: Option<DirSource> = None;
-    let files = read_model(model_source(&a.model, &mut dir)?)?;
-    let c = &files.config;
+    let info = crate::model::loader::read_model_info(model_source(&a.model, &mut dir)?)?;
+    let c = &info.config;
     println!("model        {}", a.model.display());
-    println!("format       {}", files.format);
+    println!("format       {}", info.format);
     println!("architecture {}", c.arch.name());
     println!("features     {}", c.features().join(", "));
     println!(
@@ -490,7 +490,7 @@ fn cmd_inspect(a: InspectArgs) -> Result<()> {
     );
     let params = c.num_parameters();
     println!("parameters   {params} ({:.1} M)", params as f64 / 1e6);
-    let groups = crate::model::loader::tensor_groups(&files);
+    let groups = info.groups();
     println!("tensors      count type        params     as stored            on a GPU device");
     for g in &groups {
         let packed = match g.packed_bpw() {
@@ -522,15 +522,11 @@ fn cmd_inspect(a: InspectArgs) -> Result<()> {
     );
     println!(
         "tokenizer    {}",
-        if files.tokenizer.is_some() {
-            "yes"
-        } else {
-            "none"
-        }
+        if info.has_tokenizer { "yes" } else { "none" }
     );
     println!(
         "chat         {}",
-        if files.chat_template.is_some() {
+        if info.has_chat_template {
             "template present"
         } else {
             "no template"

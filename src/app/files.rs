@@ -49,6 +49,13 @@ impl DirSource {
 
 impl FileSource for DirSource {
     fn read(&self, name: &str) -> Result<Option<Blob>, LoadError> {
+        // Names may come from model files (a sharded index): never leave the folder.
+        crate::io::check_relative_name(name).map_err(|why| {
+            LoadError::invalid(
+                self.root.display().to_string(),
+                format!("refusing to read {name:?}: the name {why}"),
+            )
+        })?;
         let path = self.root.join(name);
         if !path.is_file() {
             return Ok(None);

@@ -238,7 +238,8 @@ fn step_bench(a: &BenchArgs, backend: &SelectedBackend) -> Result<()> {
                 std::fs::read(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
             let value: serde_json::Value = serde_json::from_slice(&text)
                 .map_err(|e| anyhow::anyhow!("{}: invalid JSON: {e}", path.display()))?;
-            let config = crate::model::arch::parse_hf_config(&value, &path.display().to_string())?;
+            let config =
+                crate::model::arch::parse_hf_config(&value, &path.display().to_string(), None)?;
             let desc = serde_json::json!({ "config": path.display().to_string() });
             (train_step::random_model_of(config)?, desc)
         }

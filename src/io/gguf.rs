@@ -19,6 +19,10 @@ pub const DEFAULT_ALIGNMENT: usize = 32;
 const MAX_DIMS: usize = 4;
 /// Deepest nesting of metadata arrays we accept (guards the recursive reader's stack).
 const MAX_ARRAY_DEPTH: usize = 8;
+/// Most metadata array elements a file may hold in all. Each element takes a [`MetaValue`] (32
+/// bytes) in memory for as little as one byte in the file, so counts checked against the file
+/// size alone would still let a large file cost 32× its size; real tokenizers hold under two million.
+const MAX_ARRAY_ELEMENTS: usize = 1 << 23;
 
 /// Errors from parsing a GGUF file or reading its metadata.
 #[derive(Debug, Error, Clone, PartialEq)]
@@ -284,6 +288,8 @@ pub struct Gguf {
 struct Reader<'a> {
     bytes: &'a [u8],
     pos: usize,
+    /// Metadata array elements still allowed (see [`MAX_ARRAY_ELEMENTS`]).
+    elements_left: usize,
 }
 
 impl<'a> Reader<'a> {
@@ -359,6 +365,11 @@ impl<'a> Reader<'a> {
                     GgufError::Invalid(format!("{what} has element type {elem_ty}"))
                 })?;
                 let n = self.count(min_bytes, what)?;
+                self.elements_left = self.elements_left.checked_sub(n).ok_or_else(|| {
+                    GgufError::Invalid(format!(
+                        "{what}: the metadata arrays hold more than {MAX_ARRAY_ELEMENTS} elements"
+                    ))
+                })?;
                 let mut items = Vec::with_capacity(n);
                 for _ in 0..n {
                     items.push(self.value(elem_ty, depth + 1, what)?);
@@ -398,7 +409,11 @@ impl Gguf {
                 found: bytes[..bytes.len().min(4)].to_vec(),
             });
         }
-        let mut r = Reader { bytes, pos: 4 };
+        let mut r = Reader {
+            bytes,
+            pos: 4,
+            elements_left: MAX_ARRAY_ELEMENTS,
+        };
         let version = r.u32("the version field")?;
         if version != 2 && version != 3 {
             let hint = match version {

@@ -115,6 +115,25 @@ impl LoadError {
     }
 }
 
+/// Refuse a file name taken from a model file (a shard of a sharded index, ...) unless it is a
+/// plain relative path inside the model folder: not empty or absolute, no `..`, `.` or empty
+/// component, no backslash, drive prefix (`C:`) or NUL. Returns what is wrong.
+pub fn check_relative_name(name: &str) -> Result<(), &'static str> {
+    if name.is_empty() {
+        return Err("is empty");
+    }
+    if name.starts_with('/') {
+        return Err("is an absolute path");
+    }
+    if name.contains(['\\', ':', '\0']) {
+        return Err("contains a backslash, a drive prefix or NUL");
+    }
+    if name.split('/').any(|c| matches!(c, "" | "." | "..")) {
+        return Err("has a `..`, `.` or empty path component");
+    }
+    Ok(())
+}
+
 /// Read a required file from `src`, turning absence into [`LoadError::Missing`].
 pub fn read_required(src: &dyn FileSource, name: &str) -> Result<Blob, LoadError> {
     src.read(name)?.ok_or_else(|| LoadError::Missing {

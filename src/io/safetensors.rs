@@ -2,7 +2,7 @@
 //! f32 tensors (the caller writes the bytes atomically; the core never touches the disk).
 
 use super::LoadError;
-use crate::model::weights::{HostData, HostTensor};
+use crate::model::weights::{HostData, HostTensor, StoredType, TensorMeta};
 use safetensors::{Dtype, SafeTensors, tensor::TensorView};
 use std::collections::BTreeMap;
 
@@ -14,8 +14,34 @@ pub fn parse<'a>(bytes: &'a [u8], file: &str) -> Result<SafeTensors<'a>, LoadErr
     })
 }
 
+/// Refuse a dtype wgtune does not read as weights (only F32, F16 and BF16).
+fn check_float(view: &TensorView<'_>, name: &str, file: &str) -> Result<(), LoadError> {
+    match view.dtype() {
+        Dtype::F32 | Dtype::F16 | Dtype::BF16 => Ok(()),
+        other => Err(LoadError::invalid(
+            file,
+            format!("tensor `{name}` has dtype {other:?}; expected F32, F16 or BF16"),
+        )),
+    }
+}
+
+/// Shape, type and host size of one stored tensor as [`to_host`] would load it (f32), from the
+/// header alone.
+pub fn host_meta(view: &TensorView<'_>, name: &str, file: &str) -> Result<TensorMeta, LoadError> {
+    check_float(view, name, file)?;
+    let shape = view.shape().to_vec();
+    // The safetensors parser checked the data length against the shape, so this cannot overflow.
+    let bytes = shape.iter().product::<usize>() * 4;
+    Ok(TensorMeta {
+        shape,
+        ty: StoredType::F32,
+        bytes,
+    })
+}
+
 /// Convert one stored tensor to a host tensor in f32 (f16 and bf16 are widened exactly).
 pub fn to_host(view: &TensorView<'_>, name: &str, file: &str) -> Result<HostTensor, LoadError> {
+    check_float(view, name, file)?;
     let bytes = view.data();
     let values: Vec<f32> = match view.dtype() {
         Dtype::F32 => bytes
@@ -26,16 +52,10 @@ pub fn to_host(view: &TensorView<'_>, name: &str, file: &str) -> Result<HostTens
             .chunks_exact(2)
             .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
             .collect(),
-        Dtype::BF16 => bytes
+        _ => bytes
             .chunks_exact(2)
             .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
             .collect(),
-        other => {
-            return Err(LoadError::invalid(
-                file,
-                format!("tensor `{name}` has dtype {other:?}; expected F32, F16 or BF16"),
-            ));
-        }
     };
     Ok(HostTensor {
         shape: view.shape().to_vec(),

@@ -156,6 +156,11 @@ impl QLayout {
         if block == 0 || !block.is_multiple_of(4) || !k.is_multiple_of(16) || k == 0 {
             return Err(QError::Unaligned { k, block });
         }
+        // Sizes come from model files: refuse before any unchecked product can overflow (a
+        // buffer under the limit below holds far fewer values than this).
+        if n.checked_mul(k).is_none_or(|v| v > 1 << 40) {
+            return Err(QError::TooLarge(usize::MAX));
+        }
         let l = Self {
             format,
             scheme,

@@ -217,11 +217,13 @@ impl DecoderConfig {
         roles
     }
 
-    /// Shape of a block tensor of role `r` (HF layout, `[out, in]` for matrices).
+    /// Shape of a block tensor of role `r` (HF layout, `[out, in]` for matrices). Head products
+    /// saturate, so an unvalidated config gives a shape no file holds rather than a panic.
     pub fn block_shape(&self, r: Role) -> Vec<usize> {
         use Role::*;
         let (h, i, d) = (self.hidden_size, self.intermediate_size, self.head_dim);
-        let (q, kv) = (self.num_attention_heads * d, self.num_key_value_heads * d);
+        let q = self.num_attention_heads.saturating_mul(d);
+        let kv = self.num_key_value_heads.saturating_mul(d);
         match r {
             AttnNorm | AttnPostNorm | FfnNorm | FfnPostNorm | OutputNorm => vec![h],
             AttnQ => vec![q, h],

@@ -9,12 +9,13 @@ use super::decoder::{Block, Decoder, Mlp, RmsNorm, config_inv_freq};
 use super::linear::{AdaptedLinear, BaseLinear};
 use super::roles::Role;
 use super::vocab::VocabMatrix;
-use super::weights::{Checkpoint, HostData, HostTensor};
+use super::weights::{Checkpoint, HostData, HostTensor, StoredType, TensorMeta};
 use crate::io::chat::ChatTemplate;
 use crate::io::gguf::Gguf;
 use crate::io::tokenizer::tokenizer_from_gguf;
 use crate::io::{Blob, FileSource, LoadError, hf};
 use crate::kernels::qmatmul::PackedWeight;
+use crate::quant::ggml::GgmlType;
 use burn::tensor::{Device, Tensor, TensorData};
 use std::collections::BTreeMap;
 
@@ -115,6 +116,21 @@ pub fn load_model(
 
 fn read_hf(dir: &dyn FileSource) -> Result<ModelFiles, LoadError> {
     let (config, checkpoint) = hf::load_folder(dir)?;
+    let (tokenizer, chat_template) = hf_tokenizer(dir)?;
+    Ok(ModelFiles {
+        config,
+        checkpoint,
+        tokenizer,
+        chat_template,
+        format: "hf-safetensors".into(),
+    })
+}
+
+/// The tokenizer (`tokenizer.json`) and chat template (`tokenizer_config.json`) of an HF folder,
+/// when it has them.
+fn hf_tokenizer(
+    dir: &dyn FileSource,
+) -> Result<(Option<tokenizers::Tokenizer>, Option<ChatTemplate>), LoadError> {
     let tokenizer = match dir.read("tokenizer.json")? {
         Some(blob) => Some(
             tokenizers::Tokenizer::from_bytes((*blob).as_ref())
@@ -142,13 +158,7 @@ fn read_hf(dir: &dyn FileSource) -> Result<ModelFiles, LoadError> {
         }
         None => None,
     };
-    Ok(ModelFiles {
-        config,
-        checkpoint,
-        tokenizer,
-        chat_template,
-        format: "hf-safetensors".into(),
-    })
+    Ok((tokenizer, chat_template))
 }
 
 /// Undo llama.cpp's Q/K permutation (`convert_hf_to_gguf.py: permute`) on whole rows: HF row
@@ -168,28 +178,42 @@ fn unpermute_rows(bytes: &[u8], rows: usize, n_head: usize) -> Vec<u8> {
     out
 }
 
-fn read_gguf(bytes: &[u8], file: &str) -> Result<ModelFiles, LoadError> {
+/// One GGUF tensor the model uses, checked: its HF name and shape, where its data lies, how to
+/// undo the converter's changes (Q/K row permutation, norm shift).
+struct GgufEntry<'g> {
+    info: &'g crate::io::gguf::TensorInfo,
+    name: String,
+    shape: Vec<usize>,
+    ty: GgmlType,
+    /// Heads of a permuted Q/K projection.
+    n_head: Option<usize>,
+    /// What the converter added to this norm (Gemma's: 1).
+    shift: f32,
+}
+
+/// The parsed header of a GGUF file, its config and the tensors the model uses, all checked (types,
+/// data ranges, head splits) before any tensor data is touched.
+fn gguf_entries<'g>(
+    g: &'g Gguf,
+    len: usize,
+    file: &str,
+) -> Result<(DecoderConfig, Vec<GgufEntry<'g>>), LoadError> {
     let wrap = |cause| LoadError::Gguf {
         file: file.into(),
         cause,
     };
-    let g = Gguf::parse(bytes).map_err(wrap)?;
     for info in &g.tensors {
         info.ty().map_err(wrap)?;
     }
-    let config = parse_gguf_config(&g, file)?;
+    let config = parse_gguf_config(g, file, len)?;
     let arch = config.arch;
-    let mut checkpoint = Checkpoint {
-        tensors: BTreeMap::new(),
-        origin: file.into(),
-    };
+    let mut entries = Vec::new();
     for info in &g.tensors {
         let Some((role, layer)) = Role::from_gguf(&info.name) else {
             continue;
         };
-        let name = arch.hf_name(role, layer);
         let ty = info.ty().map_err(wrap)?;
-        let raw = g.tensor_bytes(bytes, info).map_err(wrap)?;
+        // `Gguf::parse` checked the dims' product, so each dim fits.
         let shape: Vec<usize> = info.dims.iter().rev().map(|&d| d as usize).collect();
         let rows = if shape.len() == 2 { shape[0] } else { 1 };
         let n_head = match role {
@@ -197,46 +221,71 @@ fn read_gguf(bytes: &[u8], file: &str) -> Result<ModelFiles, LoadError> {
             Role::AttnK if arch.gguf_permutes_qk() => Some(config.num_key_value_heads),
             _ => None,
         };
-        let packed = match n_head {
-            Some(h) if rows % (2 * h) == 0 => unpermute_rows(raw, rows, h),
-            Some(_) => {
-                return Err(LoadError::invalid(
-                    file,
-                    format!("tensor {} rows do not split into heads", info.name),
-                ));
-            }
-            None => raw.to_vec(),
-        };
-        // What llama.cpp's converter added to this tensor (Gemma's norms: 1), undone here.
+        if n_head.is_some_and(|h| rows == 0 || !rows.is_multiple_of(2 * h)) {
+            return Err(LoadError::invalid(
+                file,
+                format!("tensor {} rows do not split into heads", info.name),
+            ));
+        }
         let shift = if role.is_norm() {
             arch.gguf_norm_shift()
         } else {
             0.0
         };
-        let data = match ty {
-            crate::quant::ggml::GgmlType::F32 => {
+        if shift != 0.0 && ty != GgmlType::F32 {
+            return Err(LoadError::invalid(
+                file,
+                format!("norm tensor {} must be F32", info.name),
+            ));
+        }
+        entries.push(GgufEntry {
+            info,
+            name: arch.hf_name(role, layer),
+            shape,
+            ty,
+            n_head,
+            shift,
+        });
+    }
+    Ok((config, entries))
+}
+
+fn read_gguf(bytes: &[u8], file: &str) -> Result<ModelFiles, LoadError> {
+    let wrap = |cause| LoadError::Gguf {
+        file: file.into(),
+        cause,
+    };
+    let g = Gguf::parse(bytes).map_err(wrap)?;
+    let (config, entries) = gguf_entries(&g, bytes.len(), file)?;
+    let mut checkpoint = Checkpoint {
+        tensors: BTreeMap::new(),
+        origin: file.into(),
+    };
+    for e in entries {
+        let raw = g.tensor_bytes(bytes, e.info).map_err(wrap)?;
+        let packed = match e.n_head {
+            Some(h) => unpermute_rows(raw, e.shape[0], h),
+            None => raw.to_vec(),
+        };
+        let data = match e.ty {
+            GgmlType::F32 => {
                 let mut v = bytemuck::pod_collect_to_vec::<u8, f32>(&packed);
-                if shift != 0.0 {
-                    v.iter_mut().for_each(|x| *x -= shift);
+                if e.shift != 0.0 {
+                    v.iter_mut().for_each(|x| *x -= e.shift);
                 }
                 HostData::F32(v)
-            }
-            _ if shift != 0.0 => {
-                return Err(LoadError::invalid(
-                    file,
-                    format!("norm tensor {} must be F32", info.name),
-                ));
             }
             other => HostData::Ggml {
                 ty: other,
                 bytes: packed,
             },
         };
-        checkpoint.tensors.insert(name, HostTensor { shape, data });
+        let shape = e.shape;
+        checkpoint
+            .tensors
+            .insert(e.name, HostTensor { shape, data });
     }
-    let tokenizer = tokenizer_from_gguf(&g).map_err(|e| LoadError::invalid(file, e.to_string()))?;
-    let chat_template =
-        ChatTemplate::from_gguf(&g).map_err(|e| LoadError::invalid(file, e.to_string()))?;
+    let (tokenizer, chat_template) = gguf_tokenizer(&g, file)?;
     Ok(ModelFiles {
         config,
         checkpoint,
@@ -244,6 +293,93 @@ fn read_gguf(bytes: &[u8], file: &str) -> Result<ModelFiles, LoadError> {
         chat_template,
         format: format!("gguf v{}", g.version),
     })
+}
+
+/// The tokenizer and chat template a GGUF carries.
+fn gguf_tokenizer(
+    g: &Gguf,
+    file: &str,
+) -> Result<(tokenizers::Tokenizer, Option<ChatTemplate>), LoadError> {
+    let tokenizer = tokenizer_from_gguf(g).map_err(|e| LoadError::invalid(file, e.to_string()))?;
+    let chat_template =
+        ChatTemplate::from_gguf(g).map_err(|e| LoadError::invalid(file, e.to_string()))?;
+    Ok((tokenizer, chat_template))
+}
+
+/// What `inspect` shows of a model, read from headers and metadata only: no tensor is copied,
+/// converted or dequantized.
+pub struct ModelInfo {
+    /// Hyper-parameters.
+    pub config: DecoderConfig,
+    /// Shape, type and size of every weight, by HF name.
+    pub tensors: BTreeMap<String, TensorMeta>,
+    /// Whether the files carry a tokenizer (it is built, so a broken one is reported).
+    pub has_tokenizer: bool,
+    /// Whether the files carry a chat template.
+    pub has_chat_template: bool,
+    /// `hf-safetensors` or `gguf vN`.
+    pub format: String,
+}
+
+impl ModelInfo {
+    /// The tensors grouped by storage type, as [`tensor_groups`] groups a loaded checkpoint.
+    pub fn groups(&self) -> Vec<crate::model::weights::TensorGroup> {
+        let linears = linear_names(&self.config);
+        crate::model::weights::group_tensors(
+            self.tensors.iter().map(|(n, m)| (n.as_str(), m)),
+            |name| linears.contains(name),
+        )
+    }
+}
+
+/// Read what `inspect` shows of a model from its headers and metadata (see [`ModelInfo`]).
+pub fn read_model_info(src: ModelSource<'_>) -> Result<ModelInfo, LoadError> {
+    match src {
+        ModelSource::HfFolder(dir) => {
+            let (config, tensors) = hf::folder_info(dir)?;
+            let (tokenizer, chat_template) = hf_tokenizer(dir)?;
+            Ok(ModelInfo {
+                config,
+                tensors,
+                has_tokenizer: tokenizer.is_some(),
+                has_chat_template: chat_template.is_some(),
+                format: "hf-safetensors".into(),
+            })
+        }
+        ModelSource::Gguf { bytes, name } => {
+            let bytes = (*bytes).as_ref();
+            let g = Gguf::parse(bytes).map_err(|cause| LoadError::Gguf {
+                file: name.clone(),
+                cause,
+            })?;
+            let (config, entries) = gguf_entries(&g, bytes.len(), &name)?;
+            let tensors = entries
+                .into_iter()
+                .map(|e| {
+                    let meta = TensorMeta {
+                        bytes: e.info.byte_len().map_err(|cause| LoadError::Gguf {
+                            file: name.clone(),
+                            cause,
+                        })?,
+                        ty: match e.ty {
+                            GgmlType::F32 => StoredType::F32,
+                            other => StoredType::Ggml(other),
+                        },
+                        shape: e.shape,
+                    };
+                    Ok((e.name, meta))
+                })
+                .collect::<Result<_, LoadError>>()?;
+            let (_, chat_template) = gguf_tokenizer(&g, &name)?;
+            Ok(ModelInfo {
+                config,
+                tensors,
+                has_tokenizer: true,
+                has_chat_template: chat_template.is_some(),
+                format: format!("gguf v{}", g.version),
+            })
+        }
+    }
 }
 
 /// The decoder linears' roles: block-quantized ones stay packed on GPU devices.
@@ -257,12 +393,16 @@ const LINEAR_ROLES: [Role; 7] = [
     Role::FfnDown,
 ];
 
+/// HF names of the decoder linears (the tensors that stay packed on GPU devices).
+fn linear_names(c: &DecoderConfig) -> std::collections::BTreeSet<String> {
+    (0..c.num_hidden_layers)
+        .flat_map(|l| LINEAR_ROLES.map(|r| c.arch.hf_name(r, Some(l))))
+        .collect()
+}
+
 /// `files`' tensors grouped by storage type, with their size in the file and on a GPU device.
 pub fn tensor_groups(files: &ModelFiles) -> Vec<crate::model::weights::TensorGroup> {
-    let c = &files.config;
-    let linears: std::collections::BTreeSet<String> = (0..c.num_hidden_layers)
-        .flat_map(|l| LINEAR_ROLES.map(|r| c.arch.hf_name(r, Some(l))))
-        .collect();
+    let linears = linear_names(&files.config);
     files.checkpoint.groups(|name| linears.contains(name))
 }
 

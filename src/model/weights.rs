@@ -31,27 +31,44 @@ pub struct HostTensor {
     pub data: HostData,
 }
 
-impl HostTensor {
-    /// Number of elements.
+/// How a tensor is stored on the host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoredType {
+    /// Dense f32.
+    F32,
+    /// bitsandbytes NF4 with `blocksize` values per absmax.
+    Nf4 {
+        /// Values per absmax.
+        blocksize: usize,
+    },
+    /// ggml blocks.
+    Ggml(GgmlType),
+}
+
+/// A tensor's shape, storage type and size without its values: what `inspect` and the model
+/// panels show, read from file headers alone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TensorMeta {
+    /// Shape in HF order.
+    pub shape: Vec<usize>,
+    /// Storage type on the host.
+    pub ty: StoredType,
+    /// Bytes it takes in host memory.
+    pub bytes: usize,
+}
+
+impl TensorMeta {
+    /// Number of elements (saturating: the readers reject shapes whose product overflows).
     pub fn numel(&self) -> usize {
-        self.shape.iter().product()
+        self.shape.iter().fold(1usize, |a, &d| a.saturating_mul(d))
     }
 
     /// Human name of the storage type (`F32`, `Q4_1`, ...), for `inspect`.
     pub fn type_name(&self) -> &'static str {
-        match &self.data {
-            HostData::F32(_) => "F32",
-            HostData::Nf4(_) => "NF4",
-            HostData::Ggml { ty, .. } => ty.name(),
-        }
-    }
-
-    /// Bytes this tensor takes in host memory.
-    pub fn stored_bytes(&self) -> usize {
-        match &self.data {
-            HostData::F32(v) => v.len() * 4,
-            HostData::Nf4(t) => t.packed.len() + t.absmax.len() * 4,
-            HostData::Ggml { bytes, .. } => bytes.len(),
+        match self.ty {
+            StoredType::F32 => "F32",
+            StoredType::Nf4 { .. } => "NF4",
+            StoredType::Ggml(ty) => ty.name(),
         }
     }
 
@@ -59,12 +76,38 @@ impl HostTensor {
     /// kernel reads (`None` otherwise: it would be uploaded as f32).
     pub fn packed_gpu_bytes(&self) -> Option<usize> {
         let [n, k] = self.shape[..] else { return None };
-        let layout = match &self.data {
-            HostData::Nf4(t) => QLayout::new(QFormat::Nf4, n, k, t.blocksize),
-            HostData::Ggml { ty, .. } => QLayout::new(QFormat::Ggml(*ty), n, k, 0),
-            HostData::F32(_) => return None,
+        let layout = match self.ty {
+            StoredType::Nf4 { blocksize } => QLayout::new(QFormat::Nf4, n, k, blocksize),
+            StoredType::Ggml(ty) => QLayout::new(QFormat::Ggml(ty), n, k, 0),
+            StoredType::F32 => return None,
         };
-        layout.ok().map(|l| l.total_words() * 4)
+        layout.ok().and_then(|l| l.total_words().checked_mul(4))
+    }
+}
+
+impl HostTensor {
+    /// Number of elements.
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    /// Shape, storage type and size, without the values.
+    pub fn meta(&self) -> TensorMeta {
+        let (ty, bytes) = match &self.data {
+            HostData::F32(v) => (StoredType::F32, v.len() * 4),
+            HostData::Nf4(t) => (
+                StoredType::Nf4 {
+                    blocksize: t.blocksize,
+                },
+                t.packed.len() + t.absmax.len() * 4,
+            ),
+            HostData::Ggml { ty, bytes } => (StoredType::Ggml(*ty), bytes.len()),
+        };
+        TensorMeta {
+            shape: self.shape.clone(),
+            ty,
+            bytes,
+        }
     }
 
     /// The values as f32: the single dequantize-on-load point for quantized tensors.
@@ -164,28 +207,43 @@ impl Checkpoint {
     /// Tensors grouped by storage type, sorted by type name; `is_packed_role(name)` says which
     /// tensors the loader keeps packed on GPU devices (the decoder linears).
     pub fn groups(&self, is_packed_role: impl Fn(&str) -> bool) -> Vec<TensorGroup> {
-        let mut groups: BTreeMap<&str, TensorGroup> = BTreeMap::new();
-        for (name, t) in &self.tensors {
-            let g = groups.entry(t.type_name()).or_default();
-            g.count += 1;
-            g.numel += t.numel();
-            g.bytes += t.stored_bytes();
-            match t.packed_gpu_bytes().filter(|_| is_packed_role(name)) {
-                Some(b) => {
-                    g.gpu_bytes += b;
-                    g.packed_count += 1;
-                    g.packed_numel += t.numel();
-                    g.packed_bytes += b;
-                }
-                None => g.gpu_bytes += t.numel() * 4,
-            }
-        }
-        groups
-            .into_iter()
-            .map(|(ty, g)| TensorGroup {
-                ty: ty.to_string(),
-                ..g
-            })
-            .collect()
+        let metas: Vec<(&str, TensorMeta)> = self
+            .tensors
+            .iter()
+            .map(|(name, t)| (name.as_str(), t.meta()))
+            .collect();
+        group_tensors(metas.iter().map(|(n, m)| (*n, m)), is_packed_role)
     }
+}
+
+/// Tensors (name and metadata) grouped by storage type, sorted by type name; `is_packed_role(name)`
+/// says which tensors the loader keeps packed on GPU devices (the decoder linears). Sizes saturate.
+pub fn group_tensors<'a>(
+    tensors: impl IntoIterator<Item = (&'a str, &'a TensorMeta)>,
+    is_packed_role: impl Fn(&str) -> bool,
+) -> Vec<TensorGroup> {
+    let mut groups: BTreeMap<&str, TensorGroup> = BTreeMap::new();
+    for (name, t) in tensors {
+        let g = groups.entry(t.type_name()).or_default();
+        let numel = t.numel();
+        g.count += 1;
+        g.numel = g.numel.saturating_add(numel);
+        g.bytes = g.bytes.saturating_add(t.bytes);
+        match t.packed_gpu_bytes().filter(|_| is_packed_role(name)) {
+            Some(b) => {
+                g.gpu_bytes = g.gpu_bytes.saturating_add(b);
+                g.packed_count += 1;
+                g.packed_numel = g.packed_numel.saturating_add(numel);
+                g.packed_bytes = g.packed_bytes.saturating_add(b);
+            }
+            None => g.gpu_bytes = g.gpu_bytes.saturating_add(numel.saturating_mul(4)),
+        }
+    }
+    groups
+        .into_iter()
+        .map(|(ty, g)| TensorGroup {
+            ty: ty.to_string(),
+            ..g
+        })
+        .collect()
 }

@@ -138,12 +138,23 @@ pub fn is_quant_aux(name: &str) -> bool {
         .any(|s| name.ends_with(s))
 }
 
-/// Read the bnb 4-bit tensor `name` from a safetensors file, if it is one (`Ok(None)` otherwise).
-/// NF4 only; the packed bytes stay packed, double-quantized scales are recovered to f32.
-pub fn read_nf4(
+/// The shape and blocksize of the bnb 4-bit tensor `name` from its quant-state header alone, if it
+/// is one (`Ok(None)` otherwise): no tensor data is read beyond the small state JSON.
+pub fn nf4_state(
     st: &safetensors::SafeTensors<'_>,
     name: &str,
-) -> Result<Option<crate::quant::nf4::Nf4Tensor>, String> {
+) -> Result<Option<(Vec<usize>, usize)>, String> {
+    let Some(json) = state_json(st, name)? else {
+        return Ok(None);
+    };
+    Ok(Some(shape_and_blocksize(&json, name)?))
+}
+
+/// The parsed `{name}.quant_state.bitsandbytes__nf4` JSON, if `name` has one; FP4 is refused.
+fn state_json(
+    st: &safetensors::SafeTensors<'_>,
+    name: &str,
+) -> Result<Option<serde_json::Value>, String> {
     let state_key = format!("{name}.quant_state.bitsandbytes__nf4");
     let Ok(state) = st.tensor(&state_key) else {
         if st
@@ -156,25 +167,60 @@ pub fn read_nf4(
         }
         return Ok(None);
     };
-    let json: serde_json::Value =
-        serde_json::from_slice(state.data()).map_err(|e| format!("`{state_key}`: {e}"))?;
+    serde_json::from_slice(state.data())
+        .map(Some)
+        .map_err(|e| format!("`{state_key}`: {e}"))
+}
+
+/// `shape` and `blocksize` of a quant state, checked: a blocksize bitsandbytes uses, a shape whose
+/// product fits.
+fn shape_and_blocksize(
+    json: &serde_json::Value,
+    name: &str,
+) -> Result<(Vec<usize>, usize), String> {
     let field = |k: &str| {
         json.get(k)
-            .ok_or_else(|| format!("`{state_key}` has no `{k}`"))
+            .ok_or_else(|| format!("the quant state of `{name}` has no `{k}`"))
     };
     let blocksize = field("blocksize")?
         .as_u64()
-        .ok_or("blocksize is not an integer")? as usize;
+        .and_then(|b| usize::try_from(b).ok())
+        .ok_or("blocksize is not an integer")?;
+    crate::quant::nf4::check_blocksize(blocksize).map_err(|e| format!("`{name}`: {e}"))?;
     let shape: Vec<usize> = field("shape")?
         .as_array()
         .ok_or("shape is not a list")?
         .iter()
         .map(|d| {
             d.as_u64()
-                .map(|d| d as usize)
+                .and_then(|d| usize::try_from(d).ok())
                 .ok_or("shape holds a non-integer")
         })
         .collect::<Result<_, _>>()?;
+    if shape
+        .iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(d))
+        .is_none()
+    {
+        return Err(format!("`{name}`: shape {shape:?} overflows"));
+    }
+    Ok((shape, blocksize))
+}
+
+/// Read the bnb 4-bit tensor `name` from a safetensors file, if it is one (`Ok(None)` otherwise).
+/// NF4 only; the packed bytes stay packed, double-quantized scales are recovered to f32.
+pub fn read_nf4(
+    st: &safetensors::SafeTensors<'_>,
+    name: &str,
+) -> Result<Option<crate::quant::nf4::Nf4Tensor>, String> {
+    let Some(json) = state_json(st, name)? else {
+        return Ok(None);
+    };
+    let (shape, blocksize) = shape_and_blocksize(&json, name)?;
+    let field = |k: &str| {
+        json.get(k)
+            .ok_or_else(|| format!("the quant state of `{name}` has no `{k}`"))
+    };
     let tensor = |k: &str| {
         st.tensor(&format!("{name}.{k}"))
             .map_err(|_| format!("missing `{name}.{k}`"))

@@ -111,11 +111,13 @@ impl Nf4Tensor {
     }
 }
 
-fn shape_numel(shape: &[usize]) -> usize {
+/// Number of values of `shape` (saturating on overflow).
+pub fn shape_numel(shape: &[usize]) -> usize {
     shape.iter().fold(1usize, |a, &d| a.saturating_mul(d))
 }
 
-fn check_blocksize(blocksize: usize) -> Result<(), Nf4Error> {
+/// Refuse a blocksize bitsandbytes does not use.
+pub fn check_blocksize(blocksize: usize) -> Result<(), Nf4Error> {
     if NF4_BLOCKSIZES.contains(&blocksize) {
         Ok(())
     } else {

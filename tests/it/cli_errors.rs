@@ -180,27 +180,11 @@ fn unknown_architecture_and_bad_config() {
 /// A minimal GGUF v3: llama metadata and one tensor `[4, ne0]` of ggml type `ty` followed by
 /// `data` bytes of tensor data.
 fn tiny_gguf(ty: u32, ne0: u64, data: usize) -> Vec<u8> {
-    let mut b = b"GGUF".to_vec();
-    b.extend(3u32.to_le_bytes());
-    b.extend(1u64.to_le_bytes()); // tensors
-    b.extend(1u64.to_le_bytes()); // metadata
-    let string = |b: &mut Vec<u8>, s: &str| {
-        b.extend((s.len() as u64).to_le_bytes());
-        b.extend(s.as_bytes());
-    };
-    string(&mut b, "general.architecture");
-    b.extend(8u32.to_le_bytes()); // string
-    string(&mut b, "llama");
-    string(&mut b, "blk.0.ffn_down.weight");
-    b.extend(2u32.to_le_bytes());
-    b.extend(ne0.to_le_bytes());
-    b.extend(4u64.to_le_bytes());
-    b.extend(ty.to_le_bytes());
-    b.extend(0u64.to_le_bytes());
-    while !b.len().is_multiple_of(32) {
-        b.push(0);
-    }
-    b.extend(vec![0u8; data]);
+    let mut b = GgufWriter::default()
+        .kv_str("general.architecture", "llama")
+        .tensor_at("blk.0.ffn_down.weight", &[ne0, 4], ty, 0)
+        .header();
+    b.resize(b.len() + data, 0);
     b
 }
 

@@ -180,3 +180,113 @@ pub fn assert_clean_failure(out: &std::process::Output, what: &str, needles: &[&
     }
     line
 }
+
+/// A GGUF v3 file built field by field, for hostile-input tests: metadata, a tensor table and
+/// zero-filled tensor data, with every count written as given (so tests can lie in them).
+#[derive(Default)]
+pub struct GgufWriter {
+    n_kv: u64,
+    kv: Vec<u8>,
+    n_tensors: u64,
+    infos: Vec<u8>,
+    data_len: u64,
+}
+
+/// A GGUF string: u64 length, then the bytes.
+pub fn gguf_str(b: &mut Vec<u8>, s: &str) {
+    b.extend((s.len() as u64).to_le_bytes());
+    b.extend(s.as_bytes());
+}
+
+impl GgufWriter {
+    /// A metadata entry of GGUF type `ty` whose value is `value` (raw little-endian bytes).
+    pub fn kv(mut self, key: &str, ty: u32, value: &[u8]) -> Self {
+        gguf_str(&mut self.kv, key);
+        self.kv.extend(ty.to_le_bytes());
+        self.kv.extend(value);
+        self.n_kv += 1;
+        self
+    }
+
+    /// A string metadata entry.
+    pub fn kv_str(self, key: &str, value: &str) -> Self {
+        let mut v = Vec::new();
+        gguf_str(&mut v, value);
+        self.kv(key, 8, &v)
+    }
+
+    /// A u32 metadata entry.
+    pub fn kv_u32(self, key: &str, value: u32) -> Self {
+        self.kv(key, 4, &value.to_le_bytes())
+    }
+
+    /// A u64 metadata entry.
+    pub fn kv_u64(self, key: &str, value: u64) -> Self {
+        self.kv(key, 10, &value.to_le_bytes())
+    }
+
+    /// An f32 metadata entry.
+    pub fn kv_f32(self, key: &str, value: f32) -> Self {
+        self.kv(key, 6, &value.to_le_bytes())
+    }
+
+    /// A tensor-table entry whose data lies at `offset` (relative to the data section); no data
+    /// is added.
+    pub fn tensor_at(mut self, name: &str, dims: &[u64], ty: u32, offset: u64) -> Self {
+        gguf_str(&mut self.infos, name);
+        self.infos.extend((dims.len() as u32).to_le_bytes());
+        for d in dims {
+            self.infos.extend(d.to_le_bytes());
+        }
+        self.infos.extend(ty.to_le_bytes());
+        self.infos.extend(offset.to_le_bytes());
+        self.n_tensors += 1;
+        self
+    }
+
+    /// A tensor with `bytes` zero bytes of data, placed after the previous ones (32-aligned).
+    pub fn tensor(self, name: &str, dims: &[u64], ty: u32, bytes: u64) -> Self {
+        let offset = self.data_len;
+        let mut w = self.tensor_at(name, dims, ty, offset);
+        w.data_len = (offset + bytes).next_multiple_of(32);
+        w
+    }
+
+    /// Override the tensor count written in the header.
+    pub fn tensor_count(mut self, n: u64) -> Self {
+        self.n_tensors = n;
+        self
+    }
+
+    /// Override the metadata count written in the header.
+    pub fn kv_count(mut self, n: u64) -> Self {
+        self.n_kv = n;
+        self
+    }
+
+    /// The header (magic, version, counts, metadata, tensor table), padded to the data section.
+    pub fn header(&self) -> Vec<u8> {
+        let mut b = b"GGUF".to_vec();
+        b.extend(3u32.to_le_bytes());
+        b.extend(self.n_tensors.to_le_bytes());
+        b.extend(self.n_kv.to_le_bytes());
+        b.extend(&self.kv);
+        b.extend(&self.infos);
+        while !b.len().is_multiple_of(32) {
+            b.push(0);
+        }
+        b
+    }
+
+    /// Length of the whole file.
+    pub fn bytes_len(&self) -> u64 {
+        self.header().len() as u64 + self.data_len
+    }
+
+    /// The whole file: header and zero-filled tensor data.
+    pub fn bytes(&self) -> Vec<u8> {
+        let mut b = self.header();
+        b.resize(b.len() + self.data_len as usize, 0);
+        b
+    }
+}

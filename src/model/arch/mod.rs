@@ -142,8 +142,65 @@ impl Arch {
     }
 }
 
-/// Parse and validate an HF `config.json`; `file` names it in errors.
-pub fn parse_hf_config(v: &Value, file: &str) -> Result<DecoderConfig, LoadError> {
+/// What the weight files hold: a config's sizes are checked against it before anything is built
+/// per layer, so a hostile `num_hidden_layers` or `hidden_size` cannot make us allocate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Held {
+    /// Tensors in the weight files.
+    pub tensors: usize,
+    /// Bytes of the weight files.
+    pub bytes: u64,
+}
+
+/// Fewest tensors a decoder block has (two norms, q, k, v, o, gate, up, down).
+const MIN_BLOCK_TENSORS: usize = 9;
+
+/// Fewest bits a stored weight takes (Q2_K, the smallest type read, takes 2.625).
+const MIN_BITS_PER_WEIGHT: u64 = 2;
+
+impl Held {
+    /// Refuse `layers` (read from `key`) when the files cannot hold that many blocks; checked
+    /// before any per-layer list is built.
+    fn check_layers(self, layers: usize, key: &str, file: &str) -> Result<(), LoadError> {
+        match layers.checked_mul(MIN_BLOCK_TENSORS) {
+            Some(n) if n <= self.tensors => Ok(()),
+            _ => Err(LoadError::invalid(
+                file,
+                format!(
+                    "`{key}` = {layers} layers need at least {MIN_BLOCK_TENSORS} tensors each, \
+                     the weights hold {} tensors",
+                    self.tensors
+                ),
+            )),
+        }
+    }
+
+    /// Refuse a config whose weights cannot be in the files: more parameters than the weight
+    /// bytes can store. (A missing tensor is named later, when the model is built.)
+    fn check_sizes(self, c: &DecoderConfig, file: &str) -> Result<(), LoadError> {
+        let params = c.checked_num_parameters().unwrap_or(usize::MAX) as u64;
+        let max = self.bytes.saturating_mul(8) / MIN_BITS_PER_WEIGHT;
+        if params > max {
+            return Err(LoadError::invalid(
+                file,
+                format!(
+                    "the config's sizes (hidden {}, intermediate {}, vocab {}) describe {params} \
+                     parameters, more than {} bytes of weights can hold",
+                    c.hidden_size, c.intermediate_size, c.vocab_size, self.bytes
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Parse and validate an HF `config.json`; `file` names it in errors. With `held` (what the
+/// weight files hold) the sizes are checked against the weights before any per-layer list is built.
+pub fn parse_hf_config(
+    v: &Value,
+    file: &str,
+    held: Option<Held>,
+) -> Result<DecoderConfig, LoadError> {
     let class = v
         .get("architectures")
         .and_then(|a| a.get(0))
@@ -154,16 +211,25 @@ pub fn parse_hf_config(v: &Value, file: &str) -> Result<DecoderConfig, LoadError
         file: file.into(),
         arch: class.into(),
     })?;
-    let c = arch.read_hf(&Json { v, file })?;
-    validate(&c, file)?;
+    let c = arch.read_hf(&Json { v, file, held })?;
+    validate(&c, file, &|field| format!("`{field}`"))?;
+    if let Some(held) = held {
+        held.check_sizes(&c, file)?;
+    }
     Ok(c)
 }
 
-/// Read and validate a GGUF's hyper-parameters; `file` names it in errors.
-pub fn parse_gguf_config(g: &Gguf, file: &str) -> Result<DecoderConfig, LoadError> {
+/// Read and validate a GGUF's hyper-parameters; `file` (of `len` bytes) names it in errors. The
+/// sizes are checked against the file's tensor table before any per-layer list is built.
+pub fn parse_gguf_config(g: &Gguf, file: &str, len: usize) -> Result<DecoderConfig, LoadError> {
+    let held = Held {
+        tensors: g.tensors.len(),
+        bytes: len as u64,
+    };
     let meta = GgufMeta {
         g,
         file,
+        held,
         arch: g
             .get_str("general.architecture")
             .map_err(|cause| gguf_err(file, cause))?,
@@ -181,24 +247,55 @@ pub fn parse_gguf_config(g: &Gguf, file: &str) -> Result<DecoderConfig, LoadErro
         ));
     }
     let c = arch.read_gguf(&meta)?;
-    validate(&c, file)?;
+    validate(&c, file, &|field| match gguf_key(field) {
+        Some(k) => format!("`{}` (GGUF `{}`)", field, meta.key(k)),
+        None => format!("`{field}`"),
+    })?;
+    held.check_sizes(&c, file)?;
     Ok(c)
 }
 
+/// The GGUF key (under the `{arch}.` prefix) a config field is read from, where there is one.
+fn gguf_key(field: &str) -> Option<&'static str> {
+    Some(match field {
+        "rms_norm_eps" => "attention.layer_norm_rms_epsilon",
+        "rope_theta" => "rope.freq_base",
+        "rope_local_base_freq" => "rope.freq_base_swa",
+        "final_logit_softcapping" => "final_logit_softcapping",
+        "num_attention_heads" => "attention.head_count",
+        "num_key_value_heads" => "attention.head_count_kv",
+        "head_dim" => "attention.key_length",
+        _ => return None,
+    })
+}
+
 /// Checks every architecture shares: heads divide, RoPE dims even, finite positive constants,
-/// a parameter count that fits in memory arithmetic, layer types of the right length.
-fn validate(c: &DecoderConfig, file: &str) -> Result<(), LoadError> {
+/// a parameter count that fits in memory arithmetic, layer types of the right length. `name`
+/// says how to name a config field in messages (with its GGUF key for GGUF files).
+fn validate(c: &DecoderConfig, file: &str, name: &dyn Fn(&str) -> String) -> Result<(), LoadError> {
     let bad = |msg: String| Err(LoadError::invalid(file, msg));
     let (heads, kv, d) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
     if kv == 0 || heads % kv != 0 {
         return bad(format!(
-            "num_attention_heads {heads} is not a multiple of num_key_value_heads {kv}"
+            "{} {heads} is not a multiple of {} {kv}",
+            name("num_attention_heads"),
+            name("num_key_value_heads")
         ));
     }
     if d == 0 || d % 2 != 0 {
-        return bad(format!("head_dim {d} must be even and positive for RoPE"));
+        return bad(format!(
+            "{} {d} must be even and positive for RoPE",
+            name("head_dim")
+        ));
     }
-    for (name, x) in [
+    if heads.checked_mul(d).is_none() {
+        return bad(format!(
+            "{} {heads} × {} {d} overflows",
+            name("num_attention_heads"),
+            name("head_dim")
+        ));
+    }
+    for (field, x) in [
         ("rms_norm_eps", Some(c.rms_norm_eps)),
         ("rope_theta", Some(c.rope_theta)),
         ("rope_local_base_freq", c.rope_local_theta),
@@ -208,7 +305,7 @@ fn validate(c: &DecoderConfig, file: &str) -> Result<(), LoadError> {
         if let Some(x) = x
             && !(x.is_finite() && x > 0.0)
         {
-            return bad(format!("`{name}` = {x} must be a positive number"));
+            return bad(format!("{} = {x} must be a positive number", name(field)));
         }
     }
     if !c.layer_types.is_empty() && c.layer_types.len() != c.num_hidden_layers {
@@ -238,6 +335,7 @@ fn gguf_err(file: &str, cause: GgufError) -> LoadError {
 pub(crate) struct Json<'a> {
     v: &'a Value,
     file: &'a str,
+    held: Option<Held>,
 }
 
 impl Json<'_> {
@@ -403,11 +501,15 @@ fn read_hf_common(j: &Json, arch: Arch) -> Result<DecoderConfig, LoadError> {
                 "hidden_size {hidden} is not divisible by num_attention_heads {heads}"
             ))
         })?;
+    let layers = j.uint("num_hidden_layers")?;
+    if let Some(held) = j.held {
+        held.check_layers(layers, "num_hidden_layers", j.file)?;
+    }
     let mut c = DecoderConfig::llama(
         j.uint("vocab_size")?,
         hidden,
         j.uint("intermediate_size")?,
-        j.uint("num_hidden_layers")?,
+        layers,
         heads,
         kv_heads,
         head_dim,
@@ -490,6 +592,7 @@ fn layer_types_json(c: &DecoderConfig) -> Value {
 pub(crate) struct GgufMeta<'a> {
     g: &'a Gguf,
     file: &'a str,
+    held: Held,
     arch: &'a str,
 }
 
@@ -560,11 +663,13 @@ fn read_gguf_common(m: &GgufMeta, arch: Arch) -> Result<DecoderConfig, LoadError
         Some(MetaValue::Array(a)) => a.len(),
         _ => m.opt_uint("vocab_size")?.unwrap_or(0),
     };
+    let layers = m.uint("block_count")?;
+    m.held.check_layers(layers, &m.key("block_count"), m.file)?;
     let mut c = DecoderConfig::llama(
         vocab,
         hidden,
         m.uint("feed_forward_length")?,
-        m.uint("block_count")?,
+        layers,
         heads,
         kv,
         head_dim,
