@@ -125,8 +125,11 @@ fn read_hf(dir: &dyn FileSource) -> Result<ModelFiles, LoadError> {
     let chat_template = match dir.read("tokenizer_config.json")? {
         Some(blob) => {
             let file = dir.display("tokenizer_config.json");
-            let v: serde_json::Value = serde_json::from_slice((*blob).as_ref())
-                .map_err(|cause| LoadError::Json { file, cause })?;
+            let v: serde_json::Value =
+                serde_json::from_slice((*blob).as_ref()).map_err(|cause| LoadError::Json {
+                    file: file.clone(),
+                    cause,
+                })?;
             let token = |k: &str| match v.get(k) {
                 Some(serde_json::Value::String(s)) => s.clone(),
                 Some(o) => o
@@ -136,9 +139,10 @@ fn read_hf(dir: &dyn FileSource) -> Result<ModelFiles, LoadError> {
                     .to_string(),
                 None => String::new(),
             };
-            v.get("chat_template")
-                .and_then(|t| t.as_str())
-                .map(|t| ChatTemplate::new(t.to_string(), token("bos_token"), token("eos_token")))
+            v.get("chat_template").and_then(|t| t.as_str()).map(|t| {
+                ChatTemplate::new(t.to_string(), token("bos_token"), token("eos_token"))
+                    .with_origin(file)
+            })
         }
         None => None,
     };
@@ -235,8 +239,9 @@ fn read_gguf(bytes: &[u8], file: &str) -> Result<ModelFiles, LoadError> {
         checkpoint.tensors.insert(name, HostTensor { shape, data });
     }
     let tokenizer = tokenizer_from_gguf(&g).map_err(|e| LoadError::invalid(file, e.to_string()))?;
-    let chat_template =
-        ChatTemplate::from_gguf(&g).map_err(|e| LoadError::invalid(file, e.to_string()))?;
+    let chat_template = ChatTemplate::from_gguf(&g)
+        .map_err(|e| LoadError::invalid(file, e.to_string()))?
+        .map(|t| t.with_origin(file.to_string()));
     Ok(ModelFiles {
         config,
         checkpoint,

@@ -82,6 +82,8 @@ pub struct Environment<'source> {
     debug: bool,
     #[cfg(feature = "fuel")]
     fuel: Option<u64>,
+    // PATCH(wgtune): see `set_max_value_size`.
+    max_value_size: Option<usize>,
     recursion_limit: usize,
 }
 
@@ -133,6 +135,7 @@ impl<'source> Environment<'source> {
             debug: cfg!(debug_assertions),
             #[cfg(feature = "fuel")]
             fuel: None,
+            max_value_size: None,
             recursion_limit: MAX_RECURSION,
         }
     }
@@ -156,6 +159,7 @@ impl<'source> Environment<'source> {
             debug: cfg!(debug_assertions),
             #[cfg(feature = "fuel")]
             fuel: None,
+            max_value_size: None,
             recursion_limit: MAX_RECURSION,
         }
     }
@@ -619,6 +623,27 @@ impl<'source> Environment<'source> {
     #[cfg_attr(docsrs, doc(cfg(feature = "fuel")))]
     pub fn fuel(&self) -> Option<u64> {
         self.fuel
+    }
+
+    /// PATCH(wgtune): bounds the size of every value a template computes.
+    ///
+    /// With `Some(limit)`, the result of every value-producing instruction
+    /// (operators, filter/function/method calls, list and map literals,
+    /// captured blocks and macro output, namespace assignments) is measured:
+    /// string bytes plus 8 per value (list item, map key or value), nested at most
+    /// [`MAX_VALUE_DEPTH`](crate::MAX_VALUE_DEPTH) deep.  A larger or deeper
+    /// value fails the render with [`ErrorKind::InvalidOperation`] and a detail
+    /// starting with `value size limit`.  The measured size is also charged to
+    /// the fuel (if set; one fuel per 8 units), so fuel bounds the total bytes
+    /// a render produces.
+    /// Captures are checked as they grow.  `None` (the default) disables it.
+    pub fn set_max_value_size(&mut self, limit: Option<usize>) {
+        self.max_value_size = limit;
+    }
+
+    /// PATCH(wgtune): returns the limit set by `set_max_value_size`.
+    pub fn max_value_size(&self) -> Option<usize> {
+        self.max_value_size
     }
 
     /// Sets the syntax for the environment.

@@ -191,6 +191,15 @@ mod builtins {
     };
     use std::borrow::Cow;
     use std::cmp::Ordering;
+
+    /// PATCH(wgtune): fails if a result of `size` bytes or items would pass
+    /// the environment's value size limit.
+    fn check_size(state: &State, size: usize) -> Result<(), Error> {
+        match state.env().max_value_size() {
+            Some(limit) if size > limit => Err(crate::vm::size_limit::too_large(limit)),
+            _ => Ok(()),
+        }
+    }
     use std::fmt::Write;
     use std::mem;
     use std::sync::Arc;
@@ -273,6 +282,17 @@ mod builtins {
         from: StringInput<'_>,
         to: StringInput<'_>,
     ) -> Result<Value, Error> {
+        // PATCH(wgtune): `"ab"|replace("", big)` multiplies sizes; check the result size first.
+        let hits = if from.as_str().is_empty() {
+            value.as_str().chars().count() + 1
+        } else {
+            value.as_str().matches(from.as_str()).count()
+        };
+        ok!(check_size(
+            state,
+            hits.saturating_mul(to.as_str().len())
+                .saturating_add(value.as_str().len())
+        ));
         let safety_aware = !matches!(state.auto_escape(), AutoEscape::None)
             && (value.is_safe() || from.is_safe() || to.is_safe());
 
@@ -467,9 +487,15 @@ mod builtins {
         value: &Value,
         joiner: Option<StringInput<'_>>,
     ) -> Result<Value, Error> {
-        fn join_plain(iter: impl Iterator<Item = Value>, joiner: &str) -> String {
+        // PATCH(wgtune): both helpers fail once the output passes the value size limit.
+        fn join_plain(
+            state: &State,
+            iter: impl Iterator<Item = Value>,
+            joiner: &str,
+        ) -> Result<String, Error> {
             let mut output = String::new();
             for (idx, item) in iter.enumerate() {
+                ok!(check_size(state, output.len()));
                 if idx > 0 {
                     output.push_str(joiner);
                 }
@@ -479,7 +505,8 @@ mod builtins {
                     write!(output, "{item}").ok();
                 }
             }
-            output
+            ok!(check_size(state, output.len()));
+            Ok(output)
         }
 
         fn join_safe(
@@ -489,6 +516,7 @@ mod builtins {
         ) -> Result<String, Error> {
             let mut output = String::new();
             for (idx, item) in iter.enumerate() {
+                ok!(check_size(state, output.len()));
                 if idx > 0 {
                     output.push_str(joiner);
                 }
@@ -511,7 +539,7 @@ mod builtins {
         }));
 
         if matches!(state.auto_escape(), AutoEscape::None) {
-            return Ok(Value::from(join_plain(iter, joiner_str)));
+            return Ok(Value::from(ok!(join_plain(state, iter, joiner_str))));
         }
 
         if joiner.as_ref().is_some_and(StringInput::is_safe) {
@@ -534,7 +562,11 @@ mod builtins {
                 &joiner
             ))))
         } else {
-            Ok(Value::from(join_plain(items.into_iter(), joiner_str)))
+            Ok(Value::from(ok!(join_plain(
+                state,
+                items.into_iter(),
+                joiner_str,
+            ))))
         }
     }
 
@@ -1023,6 +1055,8 @@ mod builtins {
         if count == 0 {
             return Err(Error::new(ErrorKind::InvalidOperation, "count cannot be 0"));
         }
+        // PATCH(wgtune): `count` sizes allocations and fill items.
+        ok!(check_size(state, count));
         let items = ok!(state.undefined_behavior().try_iter(value)).collect::<Vec<_>>();
         let len = items.len();
         let items_per_slice = len / count;
@@ -1080,6 +1114,8 @@ mod builtins {
         if count == 0 {
             return Err(Error::new(ErrorKind::InvalidOperation, "count cannot be 0"));
         }
+        // PATCH(wgtune): `count` sizes allocations and fill items.
+        ok!(check_size(state, count));
         let mut rv = Vec::with_capacity(value.len().unwrap_or(0) / count);
         let mut tmp = Vec::with_capacity(count);
 

@@ -950,9 +950,20 @@ fn parse_number(cursor: &mut Cursor) -> Result<Option<usize>, Error> {
             )
             .with_source(e)
         }));
+        // PATCH(wgtune): a width or precision pads the output to that many
+        // characters, so an untrusted template could allocate without bound.
+        if num > MAX_FORMAT_NUMBER {
+            return Err(Error::new(
+                ErrorKind::InvalidOperation,
+                format!("value size limit exceeded: format width or precision {num} is over {MAX_FORMAT_NUMBER}"),
+            ));
+        }
         Ok(Some(num))
     }
 }
+
+/// PATCH(wgtune): the largest width or precision a format string may use.
+const MAX_FORMAT_NUMBER: usize = 65536;
 
 fn parse_type(cursor: &mut Cursor, style: FormatStyle) -> Result<Type, Error> {
     let t = match cursor.rest_bytes().get(0) {

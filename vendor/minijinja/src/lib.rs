@@ -246,6 +246,8 @@ pub use self::format_utils::{format_filter, FormatStyle};
 
 /// Re-export for convenience.
 pub use self::value::Value;
+// PATCH(wgtune): value size limit.
+pub use self::vm::size_limit::MAX_VALUE_DEPTH;
 
 pub use self::macros::__context;
 pub use self::vm::State;

@@ -86,6 +86,14 @@ impl<'a> Output<'a> {
         unsafe { &mut *self.target }
     }
 
+    /// PATCH(wgtune): the length of the innermost capture buffer (0 when not capturing).
+    pub(crate) fn captured_len(&self) -> usize {
+        match self.capture_stack.last() {
+            Some(Some(captured)) => captured.len(),
+            _ => 0,
+        }
+    }
+
     /// Returns `true` if the output is discarding.
     #[inline(always)]
     #[allow(unused)]

@@ -116,6 +116,11 @@ impl Stack {
         self.values.pop()
     }
 
+    /// PATCH(wgtune): the top `n` values (fewer if the stack is shorter).
+    pub fn peek_n(&self, n: usize) -> &[Value] {
+        &self.values[self.values.len().saturating_sub(n)..]
+    }
+
     #[track_caller]
     pub fn peek(&self) -> &Value {
         self.values.last().unwrap()

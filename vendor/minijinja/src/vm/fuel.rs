@@ -37,6 +37,17 @@ impl FuelTracker {
         Ok(())
     }
 
+    /// PATCH(wgtune): consumes `amount` fuel (for work done inside one
+    /// instruction, such as measuring a value); errors when it runs out.
+    pub fn consume(&self, amount: usize) -> Result<(), Error> {
+        let amount = amount.min(isize::MAX as usize) as isize;
+        let old_fuel = self.remaining.fetch_sub(amount, Ordering::Relaxed);
+        if old_fuel.saturating_sub(amount) <= 0 {
+            return Err(Error::from(ErrorKind::OutOfFuel));
+        }
+        Ok(())
+    }
+
     /// Returns the remaining fuel.
     pub fn remaining(&self) -> u64 {
         self.remaining.load(Ordering::Relaxed) as _

@@ -36,6 +36,8 @@ mod loop_object;
 mod macro_object;
 #[cfg(feature = "multi_template")]
 mod module_object;
+// PATCH(wgtune): value size limit.
+pub(crate) mod size_limit;
 mod state;
 
 // the cost of a single include against the stack limit.
@@ -369,7 +371,13 @@ impl<'env> Vm<'env> {
                     b = stack.pop();
                     a = stack.pop();
                     if let Some(ns) = b.downcast_object_ref::<Namespace>() {
-                        ns.set_value(name, a);
+                        ns.set_value(name, a.clone());
+                        // PATCH(wgtune): the assigned value may now contain the
+                        // namespace itself; measuring it finds that as a value
+                        // nested too deep.
+                        if let Some(limit) = self.env.max_value_size() {
+                            ctx_ok!(size_limit::check(state, &a, limit));
+                        }
                     } else {
                         bail!(Error::new(
                             ErrorKind::InvalidOperation,
@@ -448,7 +456,13 @@ impl<'env> Vm<'env> {
                 }
                 Instruction::Add => func_binop!(add),
                 Instruction::Sub => func_binop!(sub),
-                Instruction::Mul => func_binop!(mul),
+                Instruction::Mul => {
+                    // PATCH(wgtune): check `string * n` before it allocates.
+                    if let Some(limit) = self.env.max_value_size() {
+                        ctx_ok!(size_limit::check_repeat(stack.peek_n(2), limit));
+                    }
+                    func_binop!(mul)
+                }
                 Instruction::Div => func_binop!(div),
                 Instruction::IntDiv => func_binop!(int_div),
                 Instruction::Rem => func_binop!(rem),
@@ -795,6 +809,15 @@ impl<'env> Vm<'env> {
                             .closure()
                             .map_or(Value::UNDEFINED, |x| Value::from_dyn_object(x.clone())),
                     );
+                }
+            }
+            // PATCH(wgtune): bound computed values and captured output.
+            if let Some(limit) = self.env.max_value_size() {
+                if size_limit::produces_value(instr) {
+                    ctx_ok!(size_limit::check(state, stack.peek(), limit));
+                }
+                if out.captured_len() > limit {
+                    bail!(size_limit::too_large(limit));
                 }
             }
             pc += 1;
