@@ -691,6 +691,11 @@ pub(crate) mod tests {
             "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
             "fuel limit exceeded",
         );
+        // Scanning a big string costs fuel in proportion to its size (`in`, `length`, methods).
+        assert_limit(
+            "{% set s = 'x' * 500000 %}{% for i in range(100000) %}{{ s in s }}{{ s|length }}{{ s.startswith(s) }}{% endfor %}",
+            "fuel limit exceeded",
+        );
         // Recursion through a macro is bounded as well.
         assert_limit(
             "{% macro f(n) %}{% for i in range(100000) %}{{ f(n + 1) if n < 3 }}{% endfor %}{% endmacro %}{{ f(0) }}",

@@ -321,6 +321,11 @@ impl<'env> Vm<'env> {
             if let Some(ref tracker) = state.fuel_tracker {
                 ctx_ok!(tracker.track(instr));
             }
+            // PATCH(wgtune): charge what the instruction will scan.
+            #[cfg(feature = "fuel")]
+            if self.env.max_value_size().is_some() {
+                ctx_ok!(size_limit::charge_operands(state, instr, &stack));
+            }
 
             match instr {
                 Instruction::Swap => {

@@ -13,6 +13,7 @@
 use crate::compiler::instructions::Instruction;
 use crate::error::{Error, ErrorKind};
 use crate::value::{Value, ValueKind};
+use crate::vm::context::Stack;
 use crate::vm::state::State;
 
 /// How deep containers may nest under a value size limit.  Bounding depth
@@ -45,6 +46,57 @@ pub(crate) fn produces_value(instr: &Instruction) -> bool {
             | Instruction::CallMethod(..)
             | Instruction::CallObject(_)
     )
+}
+
+/// Charges the shallow size of the operands `instr` takes from `stack`
+/// (string bytes, [`ITEM_SIZE`] per item of a list or map, one fuel per
+/// [`SIZE_PER_FUEL`]) to the fuel, before it runs: operations that scan their
+/// operands without growing anything (`in`, comparisons, `length`, string
+/// tests and methods) then cost fuel in proportion to their work.
+#[cfg(feature = "fuel")]
+pub(crate) fn charge_operands(
+    state: &State,
+    instr: &Instruction,
+    stack: &Stack,
+) -> Result<(), Error> {
+    let Some(tracker) = &state.fuel_tracker else {
+        return Ok(());
+    };
+    let count = match instr {
+        Instruction::Eq
+        | Instruction::Ne
+        | Instruction::Lt
+        | Instruction::Lte
+        | Instruction::Gt
+        | Instruction::Gte
+        | Instruction::In => 2,
+        Instruction::ApplyFilter(_, n, _)
+        | Instruction::PerformTest(_, n, _)
+        | Instruction::CallFunction(_, n)
+        | Instruction::CallMethod(_, n)
+        | Instruction::CallObject(n) => match n {
+            Some(n) => *n as usize,
+            // The argument count is on top of the stack, above the arguments.
+            None => {
+                stack
+                    .peek_n(1)
+                    .first()
+                    .and_then(Value::as_usize)
+                    .unwrap_or(0)
+                    + 1
+            }
+        },
+        _ => return Ok(()),
+    };
+    let size = stack.peek_n(count).iter().fold(0usize, |acc, v| {
+        let own = match v.as_bytes() {
+            Some(bytes) => bytes.len(),
+            None if v.as_object().is_some() => v.len().unwrap_or(0).saturating_mul(ITEM_SIZE),
+            None => 0,
+        };
+        acc.saturating_add(own)
+    });
+    tracker.consume(size / SIZE_PER_FUEL)
 }
 
 /// The error for a value or capture larger than `limit`.
