@@ -2,8 +2,11 @@
 //! transformers' `apply_chat_template(tokenize=False)` renders it with Jinja2 (trim_blocks,
 //! lstrip_blocks, `raise_exception`, Python-style `tojson` and string methods).
 
-use minijinja::value::{Kwargs, ValueKind};
-use minijinja::{Environment, ErrorKind, Value};
+use std::fmt::{self, Write as _};
+use std::io;
+
+use minijinja::value::{Kwargs, Rest, StringInput, ValueKind};
+use minijinja::{Environment, ErrorKind, State, Value};
 use serde::{Deserialize, Serialize};
 
 use crate::io::gguf::Gguf;
@@ -25,6 +28,45 @@ pub struct ChatTemplate {
     source: String,
     /// `bos_token`, `eos_token`, `unk_token`, `pad_token` values visible to the template.
     special_tokens: Vec<(&'static str, String)>,
+    /// The model file the template came from, named in render errors ("" if unknown).
+    origin: String,
+}
+
+/// Bounds on one render. A chat template comes from an untrusted model file, so every render gets
+/// fuel and size limits sized from its input: real templates on long conversations stay far below
+/// them, while nested loops or a string doubled each iteration fail in well under a second.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RenderLimits {
+    /// minijinja fuel: about one per instruction, plus one per 8 bytes of every value the template
+    /// computes (a value's size, below; the vendored minijinja's size check charges it), so it
+    /// bounds both the steps and the total bytes a render produces.
+    pub fuel: u64,
+    /// Largest rendered output in bytes, and largest value the template may compute (string bytes
+    /// plus 8 per list item, map key or value, see `Environment::set_max_value_size`).
+    pub size: usize,
+}
+
+impl RenderLimits {
+    /// Fuel every render gets, whatever its input. SmolLM2's and Gemma 3's templates spend under
+    /// 200 000 on 201 turns of 2 KB (`real_templates_fit_well_within_the_limits`); two nested
+    /// `range(100000)` loops spend this in well under a second.
+    pub const FUEL_BASE: u64 = 4_000_000;
+    /// Fuel per input byte, so that templates that copy each message many times still fit.
+    pub const FUEL_PER_BYTE: u64 = 100;
+    /// Output / value size every render may reach.
+    pub const SIZE_BASE: usize = 1 << 20;
+    /// Output / value size per input byte (the output is the input plus the template's markup).
+    pub const SIZE_PER_BYTE: usize = 8;
+
+    /// The limits for a render whose messages, special tokens and template source total
+    /// `input_bytes`.
+    pub fn for_input(input_bytes: usize) -> Self {
+        RenderLimits {
+            fuel: Self::FUEL_BASE
+                .saturating_add(Self::FUEL_PER_BYTE.saturating_mul(input_bytes as u64)),
+            size: Self::SIZE_BASE.saturating_add(Self::SIZE_PER_BYTE.saturating_mul(input_bytes)),
+        }
+    }
 }
 
 impl ChatTemplate {
@@ -33,7 +75,14 @@ impl ChatTemplate {
         ChatTemplate {
             source,
             special_tokens: vec![("bos_token", bos_token), ("eos_token", eos_token)],
+            origin: String::new(),
         }
+    }
+
+    /// The same template, naming `origin` (the model file it came from) in its render errors.
+    pub fn with_origin(mut self, origin: String) -> Self {
+        self.origin = origin;
+        self
     }
 
     /// The GGUF's `tokenizer.chat_template` with its bos/eos/unk/pad token strings (as
@@ -61,33 +110,76 @@ impl ChatTemplate {
         let template = ChatTemplate {
             source: source.to_string(),
             special_tokens,
+            origin: String::new(),
         };
-        template.environment()?;
+        template.environment(RenderLimits::for_input(0))?;
         Ok(Some(template))
     }
 
-    /// The Jinja source of the template.
     /// The special-token strings the template sees (`bos_token`, `eos_token`, ...).
     pub fn special_tokens(&self) -> &[(&'static str, String)] {
         &self.special_tokens
     }
 
+    /// The Jinja source of the template.
     pub fn source(&self) -> &str {
         &self.source
     }
 
-    /// A minijinja environment configured like transformers' Jinja2 sandbox, holding the template.
-    fn environment(&self) -> Result<Environment<'_>, TokenizerError> {
+    /// A minijinja environment configured like transformers' Jinja2 sandbox, holding the template,
+    /// with `limits` on fuel and value size. The size limit is enforced by the vendored minijinja
+    /// (vendor/minijinja/PATCH.md) for its operators, builtin filters and captures, and here for
+    /// what this module adds: the pycompat `str.replace` / `str.join` methods, `tojson` and the
+    /// debug printers `pprint` / `debug()`, and `indent` / `format` (wrapped here because the
+    /// builtins have no access to the limit).
+    fn environment(&self, limits: RenderLimits) -> Result<Environment<'_>, TokenizerError> {
+        let size = limits.size;
         let mut env = Environment::new();
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
         env.set_keep_trailing_newline(false);
-        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        env.set_fuel(Some(limits.fuel));
+        env.set_max_value_size(Some(size));
+        env.set_unknown_method_callback(move |state, value, method, args| {
+            check_method_growth(value, method, args, size)?;
+            minijinja_contrib::pycompat::unknown_method_callback(state, value, method, args)
+        });
         env.set_formatter(python_formatter);
         env.add_function("raise_exception", raise_exception);
-        env.add_filter("tojson", tojson);
+        env.add_filter("tojson", move |value: &Value, kwargs: Kwargs| {
+            tojson(value, kwargs, size)
+        });
+        env.add_filter(
+            "indent",
+            move |value: StringInput<'_>,
+                  width: Option<usize>,
+                  first: Option<bool>,
+                  blank: Option<bool>,
+                  kwargs: Kwargs| {
+                check_indent(value.as_str(), width, &kwargs, size)?;
+                minijinja::filters::indent(value, width, first, blank, kwargs)
+            },
+        );
+        env.add_filter(
+            "format",
+            move |state: &State, format: &Value, args: Rest<Value>| {
+                check_format(format.as_str().unwrap_or_default(), &args, size)?;
+                minijinja::filters::format(state, format, args)
+            },
+        );
+        env.add_filter("pprint", move |value: &Value| {
+            bounded_format(format_args!("{value:#?}"), size)
+        });
+        env.add_function(
+            "debug",
+            move |state: &State, args: Rest<Value>| match args.as_slice() {
+                [] => bounded_format(format_args!("{state:#?}"), size),
+                [one] => bounded_format(format_args!("{one:#?}"), size),
+                all => bounded_format(format_args!("{all:#?}"), size),
+            },
+        );
         env.add_template("chat", &self.source)
-            .map_err(|e| TokenizerError::Template(e.to_string()))?;
+            .map_err(|e| self.error(e.to_string()))?;
         Ok(env)
     }
 
@@ -103,10 +195,34 @@ impl ChatTemplate {
                 "cannot apply a chat template to an empty conversation".into(),
             ));
         }
-        let env = self.environment()?;
+        let input_bytes = self.source.len()
+            + messages
+                .iter()
+                .map(|m| m.role.len() + m.content.len())
+                .sum::<usize>()
+            + self
+                .special_tokens
+                .iter()
+                .map(|(_, t)| t.len())
+                .sum::<usize>();
+        self.render_limited(
+            messages,
+            add_generation_prompt,
+            RenderLimits::for_input(input_bytes),
+        )
+    }
+
+    /// `render` under the given `limits` (`render` sizes them from the input).
+    fn render_limited(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+        limits: RenderLimits,
+    ) -> Result<String, TokenizerError> {
+        let env = self.environment(limits)?;
         let template = env
             .get_template("chat")
-            .map_err(|e| TokenizerError::Template(e.to_string()))?;
+            .map_err(|e| self.error(e.to_string()))?;
         let mut ctx: Vec<(&str, Value)> = vec![
             ("messages", Value::from_serialize(messages)),
             ("tools", Value::from(())),
@@ -117,10 +233,175 @@ impl ChatTemplate {
             ctx.push((name, Value::from(token.as_str())));
         }
         let ctx: Value = ctx.into_iter().collect();
-        template
-            .render(ctx)
-            .map_err(|e| TokenizerError::Template(template_error_message(&e)))
+        let mut out = LimitedWriter {
+            bytes: Vec::new(),
+            limit: limits.size,
+            exceeded: false,
+        };
+        let result = template.render_captured_to(ctx, &mut out);
+        match result {
+            Ok(_) => String::from_utf8(out.bytes).map_err(|e| self.error(e.to_string())),
+            Err(_) if out.exceeded => Err(self.error(format!(
+                "output size limit exceeded: the rendered text passed {} bytes",
+                limits.size
+            ))),
+            Err(e) if e.kind() == ErrorKind::OutOfFuel => Err(self.error(format!(
+                "fuel limit exceeded: the template ran past {} steps",
+                limits.fuel
+            ))),
+            Err(e) => Err(self.error(template_error_message(&e))),
+        }
     }
+
+    /// A render error, naming the model file the template came from when known.
+    fn error(&self, message: String) -> TokenizerError {
+        if self.origin.is_empty() {
+            TokenizerError::Template(message)
+        } else {
+            TokenizerError::Template(format!("{message} (template from {})", self.origin))
+        }
+    }
+}
+
+/// The render's output: fails (and remembers why) once it would pass `limit` bytes.
+struct LimitedWriter {
+    bytes: Vec<u8>,
+    limit: usize,
+    exceeded: bool,
+}
+
+impl io::Write for LimitedWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.bytes.len() + buf.len() > self.limit {
+            self.exceeded = true;
+            return Err(io::Error::other("output size limit exceeded"));
+        }
+        self.bytes.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A `fmt::Write` that only counts bytes, failing once they pass `limit`.
+struct CountingWriter {
+    len: usize,
+    limit: usize,
+}
+
+impl fmt::Write for CountingWriter {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        self.len += s.len();
+        if self.len > self.limit {
+            return Err(fmt::Error);
+        }
+        Ok(())
+    }
+}
+
+/// The error for a value computed inside the template that would pass `limit` bytes (same text as
+/// the vendored minijinja's).
+fn too_large(limit: usize) -> minijinja::Error {
+    minijinja::Error::new(
+        ErrorKind::InvalidOperation,
+        format!("value size limit exceeded: a template value grew past {limit} bytes"),
+    )
+}
+
+/// `args` formatted into a string, failing once it would pass `limit` bytes.
+fn bounded_format(args: fmt::Arguments<'_>, limit: usize) -> Result<String, minijinja::Error> {
+    fmt::write(&mut CountingWriter { len: 0, limit }, args).map_err(|_| too_large(limit))?;
+    Ok(fmt::format(args))
+}
+
+/// Fails if minijinja's `indent` filter (which adds `width` spaces per line) would build more than
+/// `limit` bytes; checked before it builds the string.
+fn check_indent(
+    text: &str,
+    width: Option<usize>,
+    kwargs: &Kwargs,
+    limit: usize,
+) -> Result<(), minijinja::Error> {
+    let width = match width {
+        Some(w) => w,
+        None => kwargs.get::<Option<usize>>("width")?.unwrap_or(4),
+    };
+    let lines = text.bytes().filter(|&b| b == b'\n').count() + 1;
+    if width.saturating_mul(lines).saturating_add(text.len()) > limit {
+        return Err(too_large(limit));
+    }
+    Ok(())
+}
+
+/// Fails if formatting `args` into `format` (printf style for the `format` filter, `{}` style for
+/// `str.format`) could build more than `limit` bytes: a field may repeat an argument (`{0}{0}`),
+/// so the bound is, per `%` or `{`, the longest argument plus a number's width (a float's `%f` is
+/// up to ~320 digits), plus every width or precision written in the string.
+fn check_format(format: &str, args: &[Value], limit: usize) -> Result<(), minijinja::Error> {
+    const NUMBER: usize = 400;
+    let mut longest = 0;
+    for arg in args {
+        let mut count = CountingWriter { len: 0, limit };
+        write!(count, "{arg}").map_err(|_| too_large(limit))?;
+        longest = longest.max(count.len);
+    }
+    let fields = format.bytes().filter(|&b| b == b'%' || b == b'{').count();
+    let widths = format
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|d| d.parse::<usize>().unwrap_or(usize::MAX))
+        .fold(0usize, usize::saturating_add);
+    let bound = fields
+        .saturating_mul(longest + NUMBER)
+        .saturating_add(widths)
+        .saturating_add(format.len());
+    if bound > limit {
+        return Err(too_large(limit));
+    }
+    Ok(())
+}
+
+/// Fails if a pycompat string method whose result can outgrow its inputs (`str.replace` with a
+/// long replacement, `str.join` of many items, `str.format` repeating an argument) would build
+/// more than `limit` bytes; checked before minijinja-contrib builds the string.
+fn check_method_growth(
+    value: &Value,
+    method: &str,
+    args: &[Value],
+    limit: usize,
+) -> Result<(), minijinja::Error> {
+    let Some(s) = value.as_str() else {
+        return Ok(());
+    };
+    match (method, args) {
+        ("replace", [old, new, rest @ ..]) => {
+            let (Some(old), Some(new)) = (old.as_str(), new.as_str()) else {
+                return Ok(());
+            };
+            let mut hits = if old.is_empty() {
+                s.chars().count() + 1
+            } else {
+                s.matches(old).count()
+            };
+            if let Some(n) = rest.first().and_then(Value::as_i64) {
+                hits = hits.min(usize::try_from(n).unwrap_or(hits));
+            }
+            if hits.saturating_mul(new.len()).saturating_add(s.len()) > limit {
+                return Err(too_large(limit));
+            }
+        }
+        ("format", args) => check_format(s, args, limit)?,
+        ("join", [items]) => {
+            let mut count = CountingWriter { len: 0, limit };
+            for (i, item) in items.try_iter()?.enumerate() {
+                let sep = if i > 0 { s } else { "" };
+                write!(count, "{sep}{item}").map_err(|_| too_large(limit))?;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
 }
 
 /// Prints values like Jinja2 under Python: `True`/`False`/`None` rather than minijinja's `true`/`none`.
@@ -153,13 +434,20 @@ fn raise_exception(message: String) -> Result<Value, minijinja::Error> {
 
 /// transformers' `tojson` filter: Python `json.dumps(x, ensure_ascii=False, indent=None,
 /// separators=None, sort_keys=False)` without Jinja's HTML escaping.
-fn tojson(value: &Value, kwargs: Kwargs) -> Result<Value, minijinja::Error> {
+/// Fails once the JSON would pass `limit` bytes.
+fn tojson(value: &Value, kwargs: Kwargs, limit: usize) -> Result<Value, minijinja::Error> {
     let indent: Option<Value> = kwargs.get("indent")?;
     let indent = match indent {
         None => None,
         Some(v) if v.is_none() => None,
         Some(v) => Some(match v.as_i64() {
-            Some(n) => " ".repeat(usize::try_from(n).unwrap_or(0)),
+            Some(n) => {
+                let n = usize::try_from(n).unwrap_or(0);
+                if n > limit {
+                    return Err(too_large(limit));
+                }
+                " ".repeat(n)
+            }
             None => v.as_str().map(str::to_string).unwrap_or_default(),
         }),
     };
@@ -183,6 +471,7 @@ fn tojson(value: &Value, kwargs: Kwargs) -> Result<Value, minijinja::Error> {
         item_sep,
         key_sep,
         sort_keys: sort_keys.unwrap_or(false),
+        limit,
     };
     let mut out = String::new();
     style.write(value, 0, &mut out)?;
@@ -195,6 +484,8 @@ struct JsonStyle {
     item_sep: String,
     key_sep: String,
     sort_keys: bool,
+    /// Largest output in bytes.
+    limit: usize,
 }
 
 impl JsonStyle {
@@ -257,18 +548,25 @@ impl JsonStyle {
         }
         let newline = |o: &mut String, lvl: usize| {
             if let Some(ind) = &self.indent {
+                if o.len() + 1 + ind.len().saturating_mul(lvl) > self.limit {
+                    return Err(too_large(self.limit));
+                }
                 o.push('\n');
                 o.push_str(&ind.repeat(lvl));
             }
+            Ok(())
         };
         for (i, item) in items.iter().enumerate() {
+            if out.len() > self.limit {
+                return Err(too_large(self.limit));
+            }
             if i > 0 {
                 out.push_str(&self.item_sep);
             }
-            newline(out, level + 1);
+            newline(out, level + 1)?;
             write_item(item, level + 1, out)?;
         }
-        newline(out, level);
+        newline(out, level)?;
         out.push(close);
         Ok(())
     }
@@ -369,6 +667,184 @@ pub(crate) mod tests {
                 .unwrap()
                 .is_none()
         );
+    }
+
+    /// Renders `src` on one short user message.
+    fn render_hostile(src: &str) -> Result<String, TokenizerError> {
+        let t = ChatTemplate::new(src.into(), "<s>".into(), "</s>".into());
+        t.render(&[msg("user", "hi")], true)
+    }
+
+    /// Asserts that rendering `src` fails with a message containing `needle`.
+    fn assert_limit(src: &str, needle: &str) {
+        match render_hostile(src) {
+            Err(TokenizerError::Template(m)) => assert!(m.contains(needle), "{src}: {m}"),
+            other => panic!("{src}: expected a template error with {needle:?}, got {other:?}"),
+        }
+    }
+
+    const VALUE_LIMIT: &str = "value size limit exceeded";
+
+    #[test]
+    fn nested_loops_run_out_of_fuel() {
+        assert_limit(
+            "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
+            "fuel limit exceeded",
+        );
+        // Scanning a big string costs fuel in proportion to its size (`in`, `length`, methods).
+        assert_limit(
+            "{% set s = 'x' * 500000 %}{% for i in range(100000) %}{{ s in s }}{{ s|length }}{{ s.startswith(s) }}{% endfor %}",
+            "fuel limit exceeded",
+        );
+        // Recursion through a macro is bounded as well.
+        assert_limit(
+            "{% macro f(n) %}{% for i in range(100000) %}{{ f(n + 1) if n < 3 }}{% endfor %}{% endmacro %}{{ f(0) }}",
+            "fuel limit exceeded",
+        );
+    }
+
+    #[test]
+    fn growing_values_hit_the_size_limit() {
+        let doubling = |step: &str| {
+            format!(
+                "{{% set ns = namespace(s='ab', l=[1, 2]) %}}{{% for i in range(64) %}}{{% set {step} %}}{{% endfor %}}{{{{ ns.s|length }}}}"
+            )
+        };
+        for step in [
+            "ns.s = ns.s ~ ns.s",
+            "ns.s = ns.s + ns.s",
+            "ns.s = [ns.s, ns.s]|join",
+            "ns.s = [ns.s, ns.s]|join(ns.s)",
+            "ns.s = ns.s.join([ns.s, ns.s])",
+            "ns.s = ns.s|replace('a', ns.s)",
+            "ns.s = ns.s.replace('', ns.s)",
+            "ns.s = ns.s * 2",
+            "ns.s = ns.s|indent(ns.s|length, first=true)",
+            "ns.s = '%s%s'|format(ns.s, ns.s)",
+            "ns.s = ('%s' * 64)|format(*([ns.s] * 64))",
+            "ns.s = '{0}{0}'.format(ns.s)",
+            "ns.s = ns.s|tojson ~ ns.s|tojson",
+            "ns.s = ns.s|pprint ~ ns.s|pprint",
+            "ns.l = ns.l + ns.l",
+            "ns.l = [ns.l, ns.l]",
+            "ns.l = [ns.l]",
+            "ns.l = ns.l * 2",
+            "ns.l = dict(a=ns.l, b=ns.l)",
+        ] {
+            assert_limit(&doubling(step), VALUE_LIMIT);
+        }
+        // Doubling through a captured block and through macro output.
+        assert_limit(
+            "{% set ns = namespace(s='ab') %}{% for i in range(64) %}{% set t %}{{ ns.s }}{{ ns.s }}{% endset %}{% set ns.s = t %}{% endfor %}",
+            VALUE_LIMIT,
+        );
+        assert_limit(
+            "{% macro d(s) %}{{ s }}{{ s }}{% endmacro %}{% set ns = namespace(s='ab') %}{% for i in range(64) %}{% set ns.s = d(ns.s) %}{% endfor %}",
+            VALUE_LIMIT,
+        );
+        // A namespace that contains itself.
+        assert_limit(
+            "{% set ns = namespace(l=[]) %}{% set ns.l = [ns] %}{{ ns ~ '' }}",
+            VALUE_LIMIT,
+        );
+    }
+
+    #[test]
+    fn huge_widths_fail_before_allocating() {
+        assert_limit("{{ 'x'|indent(1000000000000) }}", VALUE_LIMIT);
+        assert_limit("{{ 'x'|indent(width=1000000000000) }}", VALUE_LIMIT);
+        assert_limit("{{ '%1000000000000s'|format('x') }}", VALUE_LIMIT);
+        assert_limit("{{ '%.1000000000f'|format(1.5) }}", VALUE_LIMIT);
+        assert_limit("{{ '{:>1000000000}'.format('x') }}", VALUE_LIMIT);
+        // One argument repeated by many fields, each padded to the largest allowed width.
+        assert_limit("{{ ('{0:>60000}' * 50000).format('x') }}", VALUE_LIMIT);
+        assert_limit("{{ ('{0}' * 100000).format('x' * 100000) }}", VALUE_LIMIT);
+        assert_limit("{{ 'x' * 1000000000000 }}", VALUE_LIMIT);
+        assert_limit("{{ [1]|batch(1000000000000, 0)|list }}", VALUE_LIMIT);
+        assert_limit("{{ [1]|slice(1000000000000, 0)|list }}", VALUE_LIMIT);
+        assert_limit("{{ messages|tojson(indent=1000000000000) }}", VALUE_LIMIT);
+        // Neither Jinja2 nor minijinja has `center`; it fails as unknown, not by allocating.
+        assert!(render_hostile("{{ 'x'|center(1000000000000) }}").is_err());
+        assert!(render_hostile("{{ 'x'.center(1000000000000) }}").is_err());
+    }
+
+    #[test]
+    fn output_flood_hits_the_output_limit() {
+        assert_limit(
+            "{% for i in range(100000) %}{{ 'x' * 1000 }}{% endfor %}",
+            "output size limit exceeded",
+        );
+    }
+
+    #[test]
+    fn limits_grow_with_the_input() {
+        let small = RenderLimits::for_input(0);
+        let big = RenderLimits::for_input(400_000);
+        assert_eq!(small.fuel, RenderLimits::FUEL_BASE);
+        assert_eq!(small.size, RenderLimits::SIZE_BASE);
+        assert!(big.fuel > small.fuel && big.size > small.size);
+    }
+
+    #[test]
+    fn long_conversations_still_render() {
+        let t = ChatTemplate::new(RICH_TEMPLATE.into(), "<s>".into(), "</s>".into());
+        let turn = "word ".repeat(400);
+        let messages: Vec<ChatMessage> = (0..200)
+            .map(|i| msg(if i % 2 == 0 { "user" } else { "assistant" }, &turn))
+            .collect();
+        let out = t.render(&messages, true).unwrap();
+        assert!(out.len() > 200 * turn.trim().len());
+        assert!(out.ends_with("ASSISTANT:"));
+    }
+
+    /// SmolLM2-135M-Instruct's `tokenizer.chat_template` (from its GGUF).
+    const SMOLLM2_TEMPLATE: &str = "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}{% endif %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
+
+    /// The real SmolLM2 and Gemma 3 templates render a 201-message conversation of 2 KB turns
+    /// even with a quarter of the fuel and size `render` would give them.
+    #[test]
+    fn real_templates_fit_well_within_the_limits() {
+        let gemma: serde_json::Value = serde_json::from_str(include_str!(
+            "../../tests/fixtures/arch/gemma3/tokenizer_config.json"
+        ))
+        .unwrap();
+        let gemma = gemma["chat_template"].as_str().unwrap();
+        let turn = "word ".repeat(400);
+        let mut messages = vec![msg("system", "Be brief.")];
+        messages
+            .extend((0..200).map(|i| msg(if i % 2 == 0 { "user" } else { "assistant" }, &turn)));
+        let input: usize = messages
+            .iter()
+            .map(|m| m.role.len() + m.content.len())
+            .sum();
+        for source in [SMOLLM2_TEMPLATE, gemma] {
+            let t = ChatTemplate::new(source.into(), "<bos>".into(), "<eos>".into());
+            let full = RenderLimits::for_input(input + source.len());
+            let quarter = RenderLimits {
+                fuel: full.fuel / 4,
+                size: full.size / 4,
+            };
+            let out = t.render_limited(&messages, true, quarter).unwrap();
+            assert_eq!(out, t.render(&messages, true).unwrap());
+            assert!(out.len() > input);
+        }
+    }
+
+    #[test]
+    fn errors_name_the_template_origin() {
+        let t = ChatTemplate::new(
+            "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}"
+                .into(),
+            String::new(),
+            String::new(),
+        )
+        .with_origin("models/x/tokenizer_config.json".into());
+        let err = t
+            .render(&[msg("user", "x")], false)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("fuel limit exceeded"), "{err}");
+        assert!(err.contains("models/x/tokenizer_config.json"), "{err}");
     }
 
     #[test]

@@ -141,8 +141,11 @@ fn hf_tokenizer(
     let chat_template = match dir.read("tokenizer_config.json")? {
         Some(blob) => {
             let file = dir.display("tokenizer_config.json");
-            let v: serde_json::Value = serde_json::from_slice((*blob).as_ref())
-                .map_err(|cause| LoadError::Json { file, cause })?;
+            let v: serde_json::Value =
+                serde_json::from_slice((*blob).as_ref()).map_err(|cause| LoadError::Json {
+                    file: file.clone(),
+                    cause,
+                })?;
             let token = |k: &str| match v.get(k) {
                 Some(serde_json::Value::String(s)) => s.clone(),
                 Some(o) => o
@@ -152,9 +155,10 @@ fn hf_tokenizer(
                     .to_string(),
                 None => String::new(),
             };
-            v.get("chat_template")
-                .and_then(|t| t.as_str())
-                .map(|t| ChatTemplate::new(t.to_string(), token("bos_token"), token("eos_token")))
+            v.get("chat_template").and_then(|t| t.as_str()).map(|t| {
+                ChatTemplate::new(t.to_string(), token("bos_token"), token("eos_token"))
+                    .with_origin(file)
+            })
         }
         None => None,
     };
@@ -301,8 +305,9 @@ fn gguf_tokenizer(
     file: &str,
 ) -> Result<(tokenizers::Tokenizer, Option<ChatTemplate>), LoadError> {
     let tokenizer = tokenizer_from_gguf(g).map_err(|e| LoadError::invalid(file, e.to_string()))?;
-    let chat_template =
-        ChatTemplate::from_gguf(g).map_err(|e| LoadError::invalid(file, e.to_string()))?;
+    let chat_template = ChatTemplate::from_gguf(g)
+        .map_err(|e| LoadError::invalid(file, e.to_string()))?
+        .map(|t| t.with_origin(file.to_string()));
     Ok((tokenizer, chat_template))
 }
 

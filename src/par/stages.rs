@@ -173,7 +173,7 @@ pub fn rl_item(
                 }],
                 true,
             )
-            .map_err(|e| format!("chat template: {e}"))?,
+            .map_err(|e| e.to_string())?,
         None => format!("{task}\n"),
     };
     let mut prompt = tokenizer

@@ -333,10 +333,8 @@ fn chat_example(
     let ct = t
         .chat_template
         .ok_or("chat records need a model with a chat template")?;
-    let render = |m: &[ChatMessage], gen_prompt: bool| {
-        ct.render(m, gen_prompt)
-            .map_err(|e| format!("chat template: {e}"))
-    };
+    let render =
+        |m: &[ChatMessage], gen_prompt: bool| ct.render(m, gen_prompt).map_err(|e| e.to_string());
     let full = render(msgs, false)?;
     let mut spans: Vec<Range<usize>> = Vec::new();
     for (i, m) in msgs.iter().enumerate().skip(first_scored) {
@@ -415,9 +413,7 @@ fn alpaca_example(t: &Tokenize<'_>, v: &Value) -> Result<Example, String> {
         content: user,
     }];
     let prompt = match t.chat_template {
-        Some(ct) => ct
-            .render(&msgs, true)
-            .map_err(|e| format!("chat template: {e}"))?,
+        Some(ct) => ct.render(&msgs, true).map_err(|e| e.to_string())?,
         None => format!("{}\n", msgs[0].content),
     };
     let mut answer = encode(t, output, false)?;

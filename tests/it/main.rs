@@ -11,6 +11,7 @@ mod gemma_tokenizer;
 mod ggml_blocks;
 mod gui;
 mod hf_fixtures;
+mod hostile_chat;
 mod hostile_model;
 mod hostile_run;
 mod kernels;
