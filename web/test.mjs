@@ -19,6 +19,17 @@ const TOL = 1e-3;
 fs.mkdirSync(outDir, { recursive: true });
 const consoleLog = fs.createWriteStream(path.join(outDir, "console.log"));
 
+// A GGUF header whose llama.block_count claims 2^31 layers (one metadata key, no tensors).
+function hugeLayerGguf() {
+  const parts = [Buffer.from("GGUF"), u32(3), u64(0n), u64(2n)];
+  const str = (s) => [u64(BigInt(Buffer.byteLength(s))), Buffer.from(s)];
+  parts.push(...str("general.architecture"), u32(8), ...str("llama"));
+  parts.push(...str("llama.block_count"), u32(4), u32(2 ** 31));
+  return Buffer.concat(parts);
+}
+function u32(x) { const b = Buffer.alloc(4); b.writeUInt32LE(x); return b; }
+function u64(x) { const b = Buffer.alloc(8); b.writeBigUInt64LE(x); return b; }
+
 function check(cond, msg) {
   if (!cond) {
     console.error(`FAIL: ${msg}`);
@@ -202,7 +213,7 @@ try {
   const modelFiles = fs.readdirSync(fixture)
     .filter((f) => f.startsWith("model") || f.endsWith("config.json"))
     .map((f) => path.join(fixture, f));
-  async function pick(what, files, ready) {
+  async function pick(what, files, ready, arg = null) {
     await page.mouse.click(640, 12);
     const [chooser] = await Promise.all([
       page.waitForEvent("filechooser", { timeout: 30_000 }),
@@ -210,7 +221,7 @@ try {
     ]);
     const t = Date.now();
     await chooser.setFiles(files);
-    await page.waitForFunction(ready, null, { timeout: 120_000, polling: 100 });
+    await page.waitForFunction(ready, arg, { timeout: 120_000, polling: 100 });
     // Reading the files into wasm memory and summarising them (on the page's thread).
     report.picks = [...(report.picks || []), { what, files: files.map((f) => path.basename(f)), ms: Date.now() - t }];
     return page.evaluate(() => window.wgtune_status());
@@ -236,6 +247,20 @@ try {
   st = await pick("model", [gemma], () => window.wgtune_status().model === "gemma-3-270m-q4_k_m.gguf");
   check(st.model_layers === 18 && st.model_format.startsWith("gguf") && st.model_tokenizer,
     `picked Gemma 3 GGUF: ${st.model}, ${st.model_format}, ${st.model_layers} layers, tokenizer ${st.model_tokenizer}`);
+  // Hostile GGUFs picked in the page: a truncated copy of the demo model and a header claiming
+  // 2^31 layers. Each gives one error line naming the file, the page stays responsive and keeps
+  // the model it had.
+  const hostileDir = fs.mkdtempSync(path.join(outDir, "hostile-"));
+  const cut = path.join(hostileDir, "cut.gguf");
+  fs.writeFileSync(cut, fs.readFileSync(gguf).subarray(0, 5000));
+  const layers = path.join(hostileDir, "layers.gguf");
+  fs.writeFileSync(layers, hugeLayerGguf());
+  for (const f of [cut, layers]) {
+    const name = path.basename(f);
+    st = await pick("model", [f], (n) => (window.wgtune_status().last_log || "").includes(n), name);
+    check(st.last_log.startsWith("error:") && st.model === "gemma-3-270m-q4_k_m.gguf",
+      `hostile ${name}: ${st.last_log}`);
+  }
   // The page as it looks after the runs (the shared settings panels and curves).
   await page.screenshot({ path: path.join(outDir, "page.png") });
 

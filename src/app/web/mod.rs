@@ -164,6 +164,7 @@ impl Shared {
                 _ => None,
             },
             "adapter_ready": self.adapter_files.is_some(),
+            "last_log": self.log.last(),
         })
     }
 
