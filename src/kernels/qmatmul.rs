@@ -158,7 +158,7 @@ impl QLayout {
         }
         // Sizes come from model files: refuse before any unchecked product can overflow (a
         // buffer under the limit below holds far fewer values than this).
-        if n.checked_mul(k).is_none_or(|v| v > 1 << 40) {
+        if (n as u64).checked_mul(k as u64).is_none_or(|v| v > 1 << 40) {
             return Err(QError::TooLarge(usize::MAX));
         }
         let l = Self {
