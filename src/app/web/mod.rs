@@ -202,7 +202,8 @@ impl Shared {
                 self.model = Some(Rc::new(m));
                 self.summarize_data();
             }
-            Err(e) => self.log(format!("error: {}: {e}", m.name())),
+            // Every load error names the file already.
+            Err(e) => self.log(format!("error: {e}")),
         }
     }
 
