@@ -151,19 +151,18 @@ fn read_hf(dir: &dyn FileSource) -> Result<ModelFiles, LoadError> {
     })
 }
 
-/// Undo llama.cpp's Q/K permutation (`convert_hf_to_gguf.py: permute`) on whole rows: HF row
-/// `h·D + s·D/2 + j` is GGUF row `h·D + 2j + s`. Works on packed rows, so quantized data stays packed.
-fn unpermute_rows(bytes: &[u8], rows: usize, n_head: usize) -> Vec<u8> {
+/// llama.cpp's Q/K row order (`convert_hf_to_gguf.py: LlamaModel.permute`, for its interleaved
+/// RoPE): HF row `h·D + s·D/2 + j` is GGUF row `h·D + 2j + s`. Moves whole rows of `bytes` from
+/// HF to GGUF order (`to_gguf`) or back, so quantized data stays packed.
+pub(crate) fn permute_qk_rows(bytes: &[u8], rows: usize, n_head: usize, to_gguf: bool) -> Vec<u8> {
     let row_len = bytes.len() / rows;
     let d = rows / n_head;
-    let mut out = Vec::with_capacity(bytes.len());
-    for h in 0..n_head {
-        for s in 0..2 {
-            for j in 0..d / 2 {
-                let src = h * d + 2 * j + s;
-                out.extend_from_slice(&bytes[src * row_len..(src + 1) * row_len]);
-            }
-        }
+    let mut out = vec![0u8; bytes.len()];
+    for hf in 0..rows {
+        let (h, s, j) = (hf / d, hf % d / (d / 2), hf % (d / 2));
+        let gguf = h * d + 2 * j + s;
+        let (dst, src) = if to_gguf { (gguf, hf) } else { (hf, gguf) };
+        out[dst * row_len..][..row_len].copy_from_slice(&bytes[src * row_len..][..row_len]);
     }
     out
 }
@@ -198,7 +197,7 @@ fn read_gguf(bytes: &[u8], file: &str) -> Result<ModelFiles, LoadError> {
             _ => None,
         };
         let packed = match n_head {
-            Some(h) if rows % (2 * h) == 0 => unpermute_rows(raw, rows, h),
+            Some(h) if rows % (2 * h) == 0 => permute_qk_rows(raw, rows, h, false),
             Some(_) => {
                 return Err(LoadError::invalid(
                     file,
@@ -247,7 +246,7 @@ fn read_gguf(bytes: &[u8], file: &str) -> Result<ModelFiles, LoadError> {
 }
 
 /// The decoder linears' roles: block-quantized ones stay packed on GPU devices.
-const LINEAR_ROLES: [Role; 7] = [
+pub(crate) const LINEAR_ROLES: [Role; 7] = [
     Role::AttnQ,
     Role::AttnK,
     Role::AttnV,
