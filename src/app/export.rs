@@ -2,9 +2,9 @@
 //! `convert_lora_to_gguf.py` writes, for `llama-cli --lora` and Ollama's `ADAPTER`.
 
 use super::files::{DirSource, read_blob, write_atomic};
-use crate::io::FileSource;
 use crate::io::gguf::Gguf;
 use crate::io::gguf_adapter::{OutType, lora_to_gguf, title};
+use crate::io::{FileSource, LoadError};
 use crate::model::arch::{parse_gguf_config, parse_hf_config};
 use crate::model::config::DecoderConfig;
 use anyhow::{Context, Result, bail};
@@ -48,7 +48,10 @@ fn base_config(path: &Path) -> Result<DecoderConfig> {
     }
     let file = path.display().to_string();
     let blob = read_blob(path)?;
-    let g = Gguf::parse((*blob).as_ref()).with_context(|| file.clone())?;
+    let g = Gguf::parse((*blob).as_ref()).map_err(|cause| LoadError::Gguf {
+        file: file.clone(),
+        cause,
+    })?;
     Ok(parse_gguf_config(&g, &file)?)
 }
 

@@ -9,7 +9,7 @@ use super::gguf::MetaValue;
 use super::gguf_write::{GgufWriteError, OutTensor, write_gguf};
 use super::peft::{CONFIG, WEIGHTS, parse_config};
 use super::{FileSource, LoadError, read_json, read_required, safetensors as st};
-use crate::adapters::Method;
+use crate::adapters::{Method, peft_key};
 use crate::model::config::DecoderConfig;
 use crate::model::loader::{LINEAR_ROLES, permute_qk_rows};
 use crate::model::roles::Role;
@@ -147,10 +147,16 @@ pub fn lora_to_gguf(
     out: OutType,
 ) -> Result<Vec<u8>, GgufExportError> {
     let cfg_file = src.display(CONFIG);
-    let cfg = parse_config(&read_json(src, CONFIG)?, &cfg_file)?;
-    let lora = match cfg.method {
-        Method::Lora(l) => l,
-        Method::Oft(_) => return Err(GgufExportError::Oft { file: cfg_file }),
+    let cfg_json: serde_json::Value = read_json(src, CONFIG)?;
+    let oft = GgufExportError::Oft {
+        file: cfg_file.clone(),
+    };
+    // Checked before parsing so that any OFT adapter gets this message, even one wgtune refuses.
+    if cfg_json.get("peft_type").and_then(|t| t.as_str()) == Some("OFT") {
+        return Err(oft);
+    }
+    let Method::Lora(lora) = parse_config(&cfg_json, &cfg_file)?.method else {
+        return Err(oft);
     };
     let file = src.display(WEIGHTS);
     let blob = read_required(src, WEIGHTS)?;
@@ -163,11 +169,12 @@ pub fn lora_to_gguf(
             .insert(key.to_string(), st::to_host(&view, key, &file)?);
     }
     // HF module path (`model.layers.0.self_attn.q_proj`) -> role and layer, from the role tables.
-    let modules: BTreeMap<String, (Role, usize)> = (0..base.num_hidden_layers)
+    let known: BTreeMap<String, (Role, usize)> = (0..base.num_hidden_layers)
         .flat_map(|l| LINEAR_ROLES.map(|r| (base.arch.hf_name(r, Some(l)), (r, l))))
         .filter_map(|(hf, rl)| Some((hf.strip_suffix(".weight")?.to_string(), rl)))
         .collect();
-    let mut tensors = Vec::new();
+    // Adapted modules in the converter's order: first appearance among the sorted peft keys.
+    let mut modules: Vec<(&str, Role, usize)> = Vec::new();
     for key in host.tensors.keys() {
         let module = key
             .strip_prefix("base_model.model.")
@@ -181,29 +188,22 @@ pub fn lora_to_gguf(
                     format!("tensor `{key}` is not a LoRA A/B weight (llama.cpp loads only those)"),
                 )
             })?;
-        let &(role, layer) = modules.get(module).ok_or_else(|| {
+        let &(role, layer) = known.get(module).ok_or_else(|| {
             LoadError::invalid(
                 &file,
                 format!("tensor `{key}` does not belong to any projection of the base model"),
             )
         })?;
-        if key.ends_with(".lora_B.weight")
-            && host
-                .tensors
-                .contains_key(&format!("base_model.model.{module}.lora_A.weight"))
-        {
-            continue; // the pair is written when its lora_A comes up (sorted first)
+        if modules.last().is_none_or(|m| m.0 != module) {
+            modules.push((module, role, layer));
         }
+    }
+    let mut tensors = Vec::new();
+    for (module, role, layer) in modules {
         let shape = base.block_shape(role);
         let (out_f, in_f) = (shape[0], shape[1]);
-        let a = host.take_f32(
-            &format!("base_model.model.{module}.lora_A.weight"),
-            &[lora.r, in_f],
-        )?;
-        let mut b = host.take_f32(
-            &format!("base_model.model.{module}.lora_B.weight"),
-            &[out_f, lora.r],
-        )?;
+        let a = host.take_f32(&peft_key(module, "lora_A.weight"), &[lora.r, in_f])?;
+        let mut b = host.take_f32(&peft_key(module, "lora_B.weight"), &[out_f, lora.r])?;
         let heads = match role {
             Role::AttnQ => base.num_attention_heads,
             _ => base.num_key_value_heads,
@@ -212,7 +212,7 @@ pub fn lora_to_gguf(
             if !out_f.is_multiple_of(2 * heads) {
                 return Err(LoadError::invalid(
                     &file,
-                    format!("`{key}`: {out_f} rows do not split into {heads} heads"),
+                    format!("`{module}`: {out_f} rows do not split into {heads} heads"),
                 )
                 .into());
             }

@@ -217,3 +217,17 @@ fn cli_refuses_oft() {
     );
     assert!(!out.exists());
 }
+
+/// Adapters that do not fit are refused with typed errors naming the file: another base's LoRA
+/// (shapes), and OFT through the library.
+#[test]
+fn refuses_mismatched_base_and_oft() {
+    let err = ours("tiny_gqa", "arch/qwen3/peft/lora/adapter", OutType::F32).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        matches!(err, GgufExportError::Load(_)) && msg.contains("adapter_model.safetensors"),
+        "{msg}"
+    );
+    let err = ours("arch/qwen3", "arch/qwen3/peft/oft/adapter", OutType::F32).unwrap_err();
+    assert!(matches!(err, GgufExportError::Oft { .. }), "{err}");
+}
