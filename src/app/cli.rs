@@ -1,4 +1,4 @@
-//! The command line: `wgtune generate | eval | inspect | bench | train | merge | quantize | gui`
+//! The command line: `wgtune generate | eval | inspect | bench | train | merge | export | quantize | gui`
 //! (no command opens the desktop app). Every command prints
 //! one readable line on error and exits non-zero; nothing user-supplied can panic it.
 
@@ -42,6 +42,8 @@ pub enum Command {
     Train(Box<super::train::TrainArgs>),
     /// Merge a peft adapter into the base and write an HF model folder.
     Merge(MergeArgs),
+    /// Write a peft LoRA adapter as a llama.cpp GGUF adapter (for llama-cli --lora, Ollama ADAPTER).
+    Export(super::export::ExportArgs),
     /// Write a bitsandbytes 4-bit (NF4) HF checkpoint of a model.
     Quantize(super::quantize::QuantizeArgs),
     /// Open the desktop app (also what `wgtune` with no command does).
@@ -226,6 +228,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Bench(a) => crate::bench::cmd_bench(a),
         Command::Train(a) => super::train::cmd_train(*a),
         Command::Merge(a) => super::merge::cmd_merge(a),
+        Command::Export(a) => super::export::cmd_export(a),
         Command::Quantize(a) => super::quantize::cmd_quantize(a),
     }
 }

@@ -3,6 +3,8 @@
 
 pub mod chat;
 pub mod gguf;
+pub mod gguf_adapter;
+pub mod gguf_write;
 pub mod hf;
 pub mod peft;
 pub mod safetensors;

@@ -14,8 +14,10 @@ use burn::tensor::{Tensor, TensorData};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 
-const CONFIG: &str = "adapter_config.json";
-const WEIGHTS: &str = "adapter_model.safetensors";
+/// The adapter settings file of a peft folder.
+pub(crate) const CONFIG: &str = "adapter_config.json";
+/// The adapter weights file of a peft folder.
+pub(crate) const WEIGHTS: &str = "adapter_model.safetensors";
 
 /// Parse a peft `adapter_config.json` value; unsupported types and options are refused by name.
 pub fn parse_config(v: &Value, file: &str) -> Result<AdapterConfig, LoadError> {

@@ -165,19 +165,21 @@ fn hf_tokenizer(
     Ok((tokenizer, chat_template))
 }
 
-/// Undo llama.cpp's Q/K permutation (`convert_hf_to_gguf.py: permute`) on whole rows: HF row
-/// `h·D + s·D/2 + j` is GGUF row `h·D + 2j + s`. Works on packed rows, so quantized data stays packed.
-fn unpermute_rows(bytes: &[u8], rows: usize, n_head: usize) -> Vec<u8> {
+/// llama.cpp's Q/K row order (`convert_hf_to_gguf.py: LlamaModel.permute`, for its interleaved
+/// RoPE): HF row `h·D + s·D/2 + j` is GGUF row `h·D + 2j + s`. Moves whole rows of `bytes` from
+/// HF to GGUF order (`to_gguf`) or back, so quantized data stays packed.
+pub(crate) fn permute_qk_rows(bytes: &[u8], rows: usize, n_head: usize, to_gguf: bool) -> Vec<u8> {
+    if rows == 0 || n_head == 0 || !rows.is_multiple_of(2 * n_head) {
+        return bytes.to_vec();
+    }
     let row_len = bytes.len() / rows;
     let d = rows / n_head;
-    let mut out = Vec::with_capacity(bytes.len());
-    for h in 0..n_head {
-        for s in 0..2 {
-            for j in 0..d / 2 {
-                let src = h * d + 2 * j + s;
-                out.extend_from_slice(&bytes[src * row_len..(src + 1) * row_len]);
-            }
-        }
+    let mut out = vec![0u8; bytes.len()];
+    for hf in 0..rows {
+        let (h, s, j) = (hf / d, hf % d / (d / 2), hf % (d / 2));
+        let gguf = h * d + 2 * j + s;
+        let (dst, src) = if to_gguf { (gguf, hf) } else { (hf, gguf) };
+        out[dst * row_len..][..row_len].copy_from_slice(&bytes[src * row_len..][..row_len]);
     }
     out
 }
@@ -231,6 +233,7 @@ fn gguf_entries<'g>(
                 format!("tensor {} rows do not split into heads", info.name),
             ));
         }
+        // What llama.cpp's converter added to this tensor (Gemma's norms: 1), undone here.
         let shift = if role.is_norm() {
             arch.gguf_norm_shift()
         } else {
@@ -268,7 +271,7 @@ fn read_gguf(bytes: &[u8], file: &str) -> Result<ModelFiles, LoadError> {
     for e in entries {
         let raw = g.tensor_bytes(bytes, e.info).map_err(wrap)?;
         let packed = match e.n_head {
-            Some(h) => unpermute_rows(raw, e.shape[0], h),
+            Some(h) => permute_qk_rows(raw, e.shape[0], h, false),
             None => raw.to_vec(),
         };
         let data = match e.ty {
@@ -388,7 +391,7 @@ pub fn read_model_info(src: ModelSource<'_>) -> Result<ModelInfo, LoadError> {
 }
 
 /// The decoder linears' roles: block-quantized ones stay packed on GPU devices.
-const LINEAR_ROLES: [Role; 7] = [
+pub(crate) const LINEAR_ROLES: [Role; 7] = [
     Role::AttnQ,
     Role::AttnK,
     Role::AttnV,

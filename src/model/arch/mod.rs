@@ -119,6 +119,16 @@ impl Arch {
         }
     }
 
+    /// llama.cpp's `general.architecture` for this model: Mistral HF models convert as `llama`.
+    pub fn gguf_arch(self) -> &'static str {
+        match self {
+            Arch::Llama | Arch::Mistral => "llama",
+            Arch::Qwen2 => "qwen2",
+            Arch::Qwen3 => "qwen3",
+            Arch::Gemma3 => "gemma3",
+        }
+    }
+
     /// llama.cpp's converter permutes Q/K rows (for its interleaved RoPE) only for `llama`.
     pub fn gguf_permutes_qk(self) -> bool {
         matches!(self, Arch::Llama | Arch::Mistral)
