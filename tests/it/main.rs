@@ -9,6 +9,7 @@ mod common;
 mod gemma3;
 mod gemma_tokenizer;
 mod ggml_blocks;
+mod ggml_quantize;
 mod gguf_export;
 mod gui;
 mod hf_fixtures;

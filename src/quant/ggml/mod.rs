@@ -8,7 +8,7 @@
 //! Every block type first unpacks into [`Unpacked`] — one unsigned integer code per value plus
 //! the scales that apply to it — and its values follow from the type's [`CodeScheme`] with the
 //! float operations ggml (and the `gguf` Python package) perform, in the same order, so results
-//! are bit-identical to theirs. The GPU layout (`kernels::qmatmul`) re-lays the same codes and
+//! are bit-identical to theirs. [`quantize`] goes the other way for the float and legacy types. The GPU layout (`kernels::qmatmul`) re-lays the same codes and
 //! scales, so the fused kernel decodes the same values.
 
 use half::f16;
@@ -45,6 +45,12 @@ pub enum GgmlError {
     /// A float type asked for block codes.
     #[error("{ty} is a float type, not blocks of codes")]
     NotBlocks {
+        /// The ggml type name.
+        ty: &'static str,
+    },
+    /// Quantizing to a type wgtune has no quantizer for (yet).
+    #[error("quantizing to {ty} is not supported")]
+    NoQuantizer {
         /// The ggml type name.
         ty: &'static str,
     },
@@ -500,6 +506,65 @@ pub fn dequantize(ty: GgmlType, bytes: &[u8], n_elems: usize) -> Result<Vec<f32>
     Ok(out)
 }
 
+/// bf16 bits of `v` as gguf-py (and ggml's `ggml_compute_fp32_to_bf16`) round it: NaNs become
+/// quiet NaNs keeping their sign and top payload bits, everything else rounds to nearest even
+/// (so large finite values may round to infinity).
+pub fn f32_to_bf16_bits(v: f32) -> u16 {
+    let mut n = v.to_bits();
+    if n & 0x7fff_ffff > 0x7f80_0000 {
+        n = (n & 0xffff_0000) | (64 << 16);
+    }
+    ((u64::from(n) + 0x7fff + u64::from((n >> 16) & 1)) >> 16) as u16
+}
+
+/// Writes `f(v)` for every value into consecutive `N`-byte slots of `out`.
+fn put_each<const N: usize>(out: &mut [u8], values: &[f32], f: impl Fn(f32) -> [u8; N]) {
+    for (dst, &v) in out.chunks_exact_mut(N).zip(values) {
+        dst.copy_from_slice(&f(v));
+    }
+}
+
+/// Encodes every block of `values` (a whole number of blocks) as block type `B`.
+fn quantize_blocks<B: legacy::Quantize>(values: &[f32], out: &mut [u8]) {
+    let chunks = values.chunks_exact(B::SCHEME.values);
+    for (x, dst) in chunks.zip(out.chunks_exact_mut(B::BYTES)) {
+        B::quantize(x).write(dst);
+    }
+}
+
+/// Encodes `values` (rows back to back; the length a multiple of the block size) as type `ty`,
+/// byte for byte as gguf-py's `gguf.quants.quantize` and ggml's `quantize_row_*_ref` do: F32
+/// as is, F16 rounded to nearest even, BF16 by [`f32_to_bf16_bits`], the legacy blocks by
+/// [`legacy::Quantize`]. K-quants have no quantizer yet ([`GgmlError::NoQuantizer`]).
+///
+/// Where the two references disagree, on the sign of a zero scale, this follows gguf-py's
+/// `argmax` for Q4_0 / Q5_0 (an all-zero block takes its first value's sign) and ggml for the
+/// min and max of Q4_1 / Q5_1 (the first of equal zeros; numpy's reduction picks either).
+/// Inputs are expected finite: NaN has no defined block encoding in either reference.
+pub fn quantize(ty: GgmlType, values: &[f32]) -> Result<Vec<u8>, GgmlError> {
+    use legacy::*;
+    let n_bytes = match ty {
+        GgmlType::Q2_K | GgmlType::Q3_K | GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::Q6_K => {
+            return Err(GgmlError::NoQuantizer { ty: ty.name() });
+        }
+        _ => ty.row_bytes(values.len())?,
+    };
+    let mut out = vec![0u8; n_bytes];
+    match ty {
+        GgmlType::F32 => put_each(&mut out, values, f32::to_le_bytes),
+        GgmlType::F16 => put_each(&mut out, values, |v| f16::from_f32(v).to_le_bytes()),
+        GgmlType::BF16 => put_each(&mut out, values, |v| f32_to_bf16_bits(v).to_le_bytes()),
+        GgmlType::Q4_0 => quantize_blocks::<BlockQ4_0>(values, &mut out),
+        GgmlType::Q4_1 => quantize_blocks::<BlockQ4_1>(values, &mut out),
+        GgmlType::Q5_0 => quantize_blocks::<BlockQ5_0>(values, &mut out),
+        GgmlType::Q5_1 => quantize_blocks::<BlockQ5_1>(values, &mut out),
+        GgmlType::Q8_0 => quantize_blocks::<BlockQ8_0>(values, &mut out),
+        // Returned NoQuantizer above.
+        GgmlType::Q2_K | GgmlType::Q3_K | GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::Q6_K => {}
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::legacy::*;
@@ -631,6 +696,85 @@ mod tests {
             dequantize(GgmlType::Q8_0, &[], 0).unwrap(),
             Vec::<f32>::new()
         );
+    }
+
+    #[test]
+    fn quantize_errors_name_the_type() {
+        let err = quantize(GgmlType::Q4_K, &[0.0; 256]).unwrap_err();
+        assert_eq!(err, GgmlError::NoQuantizer { ty: "Q4_K" });
+        assert!(err.to_string().contains("Q4_K"), "{err}");
+        for ty in [
+            GgmlType::Q2_K,
+            GgmlType::Q3_K,
+            GgmlType::Q5_K,
+            GgmlType::Q6_K,
+        ] {
+            assert!(matches!(
+                quantize(ty, &[]),
+                Err(GgmlError::NoQuantizer { .. })
+            ));
+        }
+        let err = quantize(GgmlType::Q5_1, &[1.0; 48]).unwrap_err();
+        assert_eq!(
+            err,
+            GgmlError::PartialBlock {
+                ty: "Q5_1",
+                n: 48,
+                block_size: 32
+            }
+        );
+        assert!(err.to_string().contains("Q5_1"), "{err}");
+        assert_eq!(quantize(GgmlType::Q8_0, &[]).unwrap(), Vec::<u8>::new());
+        assert_eq!(quantize(GgmlType::F16, &[1.0]).unwrap(), vec![0x00, 0x3c]);
+    }
+
+    #[test]
+    fn quantize_q4_0_exact_scale() {
+        // max -8 gives d = 1: code = (int)(x + 8.5), 8.0 would be 16 and clamps to 15.
+        let mut x: Vec<f32> = (0..32).map(|j| -8.0 + 0.5 * j as f32).collect();
+        x[31] = 8.0;
+        let b = quantize(GgmlType::Q4_0, &x).unwrap();
+        assert_eq!(&b[..2], &f16::from_f32(1.0).to_le_bytes());
+        let codes: Vec<u8> = (0..32)
+            .map(|j| {
+                if j < 16 {
+                    b[2 + j] & 15
+                } else {
+                    b[2 + j - 16] >> 4
+                }
+            })
+            .collect();
+        let want: Vec<u8> = x.iter().map(|v| ((v + 8.5) as u8).min(15)).collect();
+        assert_eq!(codes, want);
+        assert_eq!(codes[1], 1); // -7.5 + 8.5 = 1.0 exactly
+        assert_eq!(codes[31], 15);
+    }
+
+    #[test]
+    fn quantize_zero_signs() {
+        let mut x = [0.0f32; 32];
+        // All +0: max = +0, d = +0 / -8 = -0 (gguf-py and ggml agree).
+        assert_eq!(&quantize(GgmlType::Q4_0, &x).unwrap()[..2], &[0x00, 0x80]);
+        // First value -0: gguf-py's argmax takes it, d = -0 / -8 = +0.
+        x[0] = -0.0;
+        assert_eq!(&quantize(GgmlType::Q5_0, &x).unwrap()[..2], &[0x00, 0x00]);
+        // Q4_1 / Q5_1 keep the first of equal zeros as min (ggml's strict `<`).
+        assert_eq!(&quantize(GgmlType::Q4_1, &x).unwrap()[2..4], &[0x00, 0x80]);
+        x[0] = 0.0;
+        x[5] = -0.0;
+        x[9] = 1.0;
+        assert_eq!(&quantize(GgmlType::Q5_1, &x).unwrap()[2..4], &[0x00, 0x00]);
+    }
+
+    #[test]
+    fn bf16_rounding() {
+        assert_eq!(f32_to_bf16_bits(1.0), 0x3f80);
+        // Ties to even: 1 + 2^-8 is halfway between 0x3f80 and 0x3f81.
+        assert_eq!(f32_to_bf16_bits(f32::from_bits(0x3f80_8000)), 0x3f80);
+        assert_eq!(f32_to_bf16_bits(f32::from_bits(0x3f81_8000)), 0x3f82);
+        assert_eq!(f32_to_bf16_bits(f32::MAX), 0x7f80);
+        assert_eq!(f32_to_bf16_bits(f32::from_bits(0x7f80_0001)), 0x7fc0);
+        assert_eq!(f32_to_bf16_bits(f32::from_bits(0xffa0_0000)), 0xffe0);
     }
 
     /// Checks a few values of the real SmolLM2 file against the `gguf` Python package.
