@@ -111,6 +111,19 @@ impl Block for BlockQ4_0 {
     }
 }
 
+impl Quantize for BlockQ4_0 {
+    fn quantize(x: &[f32]) -> Self {
+        let (d, codes) = quantize_symmetric(x, 4);
+        Self {
+            d,
+            qs: pack_nibbles(&codes).0,
+        }
+    }
+    fn write(&self, out: &mut [u8]) {
+        out.copy_from_slice(&self.to_bytes());
+    }
+}
+
 /// ggml `block_q4_1`: 32 values `nibble · d + m`.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -131,19 +144,6 @@ impl BlockQ4_1 {
         out[2..4].copy_from_slice(&self.m.to_le_bytes());
         out[4..].copy_from_slice(&self.qs);
         out
-    }
-}
-
-impl Quantize for BlockQ4_0 {
-    fn quantize(x: &[f32]) -> Self {
-        let (d, codes) = quantize_symmetric(x, 4);
-        Self {
-            d,
-            qs: pack_nibbles(&codes).0,
-        }
-    }
-    fn write(&self, out: &mut [u8]) {
-        out.copy_from_slice(&self.to_bytes());
     }
 }
 
@@ -201,21 +201,6 @@ impl BlockQ5_0 {
     }
 }
 
-impl Quantize for BlockQ5_0 {
-    fn quantize(x: &[f32]) -> Self {
-        let (d, codes) = quantize_symmetric(x, 5);
-        let (qs, qh) = pack_nibbles(&codes);
-        Self {
-            d,
-            qh: qh.to_le_bytes(),
-            qs,
-        }
-    }
-    fn write(&self, out: &mut [u8]) {
-        out.copy_from_slice(&self.to_bytes());
-    }
-}
-
 impl Block for BlockQ5_0 {
     const BYTES: usize = 22;
     const SCHEME: CodeScheme = CodeScheme::legacy(4, 1, 16, false);
@@ -230,6 +215,21 @@ impl Block for BlockQ5_0 {
         unpack_nibbles(&self.qs, u32::from_le_bytes(self.qh), &mut u.codes);
         u.d = self.d.to_f32();
         u.dmin = 0.0;
+    }
+}
+
+impl Quantize for BlockQ5_0 {
+    fn quantize(x: &[f32]) -> Self {
+        let (d, codes) = quantize_symmetric(x, 5);
+        let (qs, qh) = pack_nibbles(&codes);
+        Self {
+            d,
+            qh: qh.to_le_bytes(),
+            qs,
+        }
+    }
+    fn write(&self, out: &mut [u8]) {
+        out.copy_from_slice(&self.to_bytes());
     }
 }
 
@@ -259,22 +259,6 @@ impl BlockQ5_1 {
     }
 }
 
-impl Quantize for BlockQ5_1 {
-    fn quantize(x: &[f32]) -> Self {
-        let (d, m, codes) = quantize_with_min(x, 5);
-        let (qs, qh) = pack_nibbles(&codes);
-        Self {
-            d,
-            m,
-            qh: qh.to_le_bytes(),
-            qs,
-        }
-    }
-    fn write(&self, out: &mut [u8]) {
-        out.copy_from_slice(&self.to_bytes());
-    }
-}
-
 impl Block for BlockQ5_1 {
     const BYTES: usize = 24;
     const SCHEME: CodeScheme = CodeScheme::legacy(4, 1, 0, true);
@@ -290,6 +274,22 @@ impl Block for BlockQ5_1 {
         unpack_nibbles(&self.qs, u32::from_le_bytes(self.qh), &mut u.codes);
         u.d = self.d.to_f32();
         u.dmin = self.m.to_f32();
+    }
+}
+
+impl Quantize for BlockQ5_1 {
+    fn quantize(x: &[f32]) -> Self {
+        let (d, m, codes) = quantize_with_min(x, 5);
+        let (qs, qh) = pack_nibbles(&codes);
+        Self {
+            d,
+            m,
+            qh: qh.to_le_bytes(),
+            qs,
+        }
+    }
+    fn write(&self, out: &mut [u8]) {
+        out.copy_from_slice(&self.to_bytes());
     }
 }
 
@@ -315,6 +315,24 @@ impl BlockQ8_0 {
     }
 }
 
+impl Block for BlockQ8_0 {
+    const BYTES: usize = 34;
+    const SCHEME: CodeScheme = CodeScheme::legacy(8, 0, 128, false);
+    fn read(bytes: &[u8]) -> Self {
+        Self {
+            d: f16_at(bytes, 0),
+            qs: array_at::<32>(bytes, 2).map(|b| i8::from_le_bytes([b])),
+        }
+    }
+    fn unpack(&self, u: &mut Unpacked) {
+        for (c, &q) in u.codes.iter_mut().zip(&self.qs) {
+            *c = (q as u8) ^ 0x80;
+        }
+        u.d = self.d.to_f32();
+        u.dmin = 0.0;
+    }
+}
+
 impl Quantize for BlockQ8_0 {
     /// `d = amax / 127` and `q = roundf(x·(1/d))` (halves away from zero), as in
     /// `quantize_row_q8_0_ref`.
@@ -331,24 +349,6 @@ impl Quantize for BlockQ8_0 {
     }
     fn write(&self, out: &mut [u8]) {
         out.copy_from_slice(&self.to_bytes());
-    }
-}
-
-impl Block for BlockQ8_0 {
-    const BYTES: usize = 34;
-    const SCHEME: CodeScheme = CodeScheme::legacy(8, 0, 128, false);
-    fn read(bytes: &[u8]) -> Self {
-        Self {
-            d: f16_at(bytes, 0),
-            qs: array_at::<32>(bytes, 2).map(|b| i8::from_le_bytes([b])),
-        }
-    }
-    fn unpack(&self, u: &mut Unpacked) {
-        for (c, &q) in u.codes.iter_mut().zip(&self.qs) {
-            *c = (q as u8) ^ 0x80;
-        }
-        u.d = self.d.to_f32();
-        u.dmin = 0.0;
     }
 }
 
