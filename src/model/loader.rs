@@ -126,7 +126,11 @@ fn read_hf(dir: &dyn FileSource) -> Result<ModelFiles, LoadError> {
     })
 }
 
-/// The tokenizer (`tokenizer.json`) and chat template (`tokenizer_config.json`) of an HF folder,
+/// A chat template saved on its own (what transformers' `save_pretrained` writes since 4.43).
+const CHAT_TEMPLATE_JINJA: &str = "chat_template.jinja";
+
+/// The tokenizer (`tokenizer.json`) and chat template (`chat_template.jinja`, else
+/// `tokenizer_config.json`'s `chat_template`, as transformers' tokenizer loads it) of an HF folder,
 /// when it has them.
 fn hf_tokenizer(
     dir: &dyn FileSource,
@@ -138,7 +142,7 @@ fn hf_tokenizer(
         ),
         None => None,
     };
-    let chat_template = match dir.read("tokenizer_config.json")? {
+    let config = match dir.read("tokenizer_config.json")? {
         Some(blob) => {
             let file = dir.display("tokenizer_config.json");
             let v: serde_json::Value =
@@ -146,22 +150,35 @@ fn hf_tokenizer(
                     file: file.clone(),
                     cause,
                 })?;
-            let token = |k: &str| match v.get(k) {
-                Some(serde_json::Value::String(s)) => s.clone(),
-                Some(o) => o
-                    .get("content")
-                    .and_then(|c| c.as_str())
-                    .unwrap_or("")
-                    .to_string(),
-                None => String::new(),
-            };
-            v.get("chat_template").and_then(|t| t.as_str()).map(|t| {
-                ChatTemplate::new(t.to_string(), token("bos_token"), token("eos_token"))
-                    .with_origin(file)
-            })
+            Some((file, v))
         }
         None => None,
     };
+    let token = |k: &str| match config.as_ref().and_then(|(_, v)| v.get(k)) {
+        Some(serde_json::Value::String(s)) => s.clone(),
+        Some(o) => o
+            .get("content")
+            .and_then(|c| c.as_str())
+            .unwrap_or("")
+            .to_string(),
+        None => String::new(),
+    };
+    // transformers' tokenizer: a `chat_template.jinja` file takes priority over the config's entry.
+    let source = match dir.read(CHAT_TEMPLATE_JINJA)? {
+        Some(blob) => {
+            let file = dir.display(CHAT_TEMPLATE_JINJA);
+            let text = std::str::from_utf8((*blob).as_ref())
+                .map_err(|_| LoadError::invalid(&file, "not UTF-8 text"))?;
+            Some((file, text.to_string()))
+        }
+        None => config.as_ref().and_then(|(file, v)| {
+            let text = v.get("chat_template").and_then(|t| t.as_str())?;
+            Some((file.clone(), text.to_string()))
+        }),
+    };
+    let chat_template = source.map(|(file, text)| {
+        ChatTemplate::new(text, token("bos_token"), token("eos_token")).with_origin(file)
+    });
     Ok((tokenizer, chat_template))
 }
 

@@ -104,3 +104,25 @@ fn hostile_template_fails_data_loading_cleanly() {
         ],
     );
 }
+
+/// As transformers' tokenizer loads it, a `chat_template.jinja` beside `tokenizer_config.json`
+/// takes priority over the config's `chat_template` (here the hanging one, never run), and errors
+/// name the .jinja file.
+#[test]
+fn chat_template_jinja_takes_priority() {
+    let (_tmp, dir, _) = hostile_model(HANG);
+    let jinja = dir.join("chat_template.jinja");
+    std::fs::write(&jinja, DOUBLING).unwrap();
+    assert_clean_failure(
+        &generate(&dir),
+        "doubling in chat_template.jinja",
+        &["value size limit exceeded", jinja.to_str().unwrap()],
+    );
+    std::fs::write(&jinja, "{% for m in messages %}{{ m.content }}{% endfor %}").unwrap();
+    let out = generate(&dir);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
