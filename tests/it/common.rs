@@ -136,22 +136,43 @@ pub fn block<F: std::future::Future>(f: F) -> F::Output {
 /// needs well under this, an allocation in proportion to an untrusted number needs far more.
 pub const HOSTILE_AS_LIMIT: u64 = 3 << 30;
 
-/// Run `wgtune args…` under an address-space limit of `limit` bytes (RLIMIT_AS) with the test
-/// environment; an allocation beyond it aborts that process, never the machine.
+/// A resource limit for one run of the binary.
+#[derive(Debug, Clone, Copy)]
+pub enum Limit {
+    /// RLIMIT_AS: an allocation beyond it aborts that process, never the machine.
+    AddressSpace(u64),
+    /// RLIMIT_FSIZE: a write past it fails with EFBIG, as on a full disk (SIGXFSZ is ignored so
+    /// the process sees the error).
+    FileSize(u64),
+}
+
+/// Run `wgtune args…` under an address-space limit of `limit` bytes with the test environment.
 pub fn wgtune_limited(args: &[&str], limit: u64) -> std::process::Output {
+    wgtune_with(args, Limit::AddressSpace(limit))
+}
+
+/// Run `wgtune args…` under `limit` with the test environment.
+pub fn wgtune_with(args: &[&str], limit: Limit) -> std::process::Output {
     use std::os::unix::process::CommandExt;
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_wgtune"));
     cmd.args(args)
         .env("CUBECL_AUTOTUNE_LEVEL", "minimal")
         .stdin(std::process::Stdio::null());
-    // SAFETY: setrlimit is async-signal-safe; nothing else runs between fork and exec.
+    // SAFETY: signal and setrlimit are async-signal-safe; nothing else runs between fork and exec.
     unsafe {
         cmd.pre_exec(move || {
-            let lim = libc::rlimit {
-                rlim_cur: limit,
-                rlim_max: limit,
+            let (resource, bytes) = match limit {
+                Limit::AddressSpace(b) => (libc::RLIMIT_AS, b),
+                Limit::FileSize(b) => {
+                    libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+                    (libc::RLIMIT_FSIZE, b)
+                }
             };
-            if libc::setrlimit(libc::RLIMIT_AS, &lim) != 0 {
+            let lim = libc::rlimit {
+                rlim_cur: bytes,
+                rlim_max: bytes,
+            };
+            if libc::setrlimit(resource, &lim) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())

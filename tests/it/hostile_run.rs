@@ -8,9 +8,16 @@ use crate::common::*;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
-/// `wgtune train --no-gui --backend cpu` on the tiny model with `data`, into `out`, plus `extra`.
+/// `wgtune train --no-gui --backend cpu` on the tiny model with `data`, into `out`, plus `extra`,
+/// under the address-space limit.
 fn train(data: &Path, out: &Path, extra: &[&str]) -> Output {
-    let model = fixture("tiny_gqa");
+    let limit = Limit::AddressSpace(HOSTILE_AS_LIMIT);
+    train_on(&fixture("tiny_gqa"), data, out, extra, limit)
+}
+
+/// `wgtune train --no-gui --backend cpu` on `model` with `data`, into `out`, plus `extra`, under
+/// `limit`.
+fn train_on(model: &Path, data: &Path, out: &Path, extra: &[&str], limit: Limit) -> Output {
     let mut args = vec![
         "train",
         "--no-gui",
@@ -24,7 +31,7 @@ fn train(data: &Path, out: &Path, extra: &[&str]) -> Output {
         out.to_str().unwrap(),
     ];
     args.extend_from_slice(extra);
-    wgtune_limited(&args, HOSTILE_AS_LIMIT)
+    wgtune_with(&args, limit)
 }
 
 /// Sixteen rows of token ids for the tiny model, in `dir/data.jsonl`.
@@ -270,24 +277,12 @@ fn a_huge_data_line_is_cut_before_tokenizing() {
     let words = "lorem ipsum dolor sit amet ".repeat(50 << 20 >> 5);
     std::fs::write(&file, format!("{{\"text\": \"{words}\"}}\n")).unwrap();
     let out = tmp.path().join("o");
-    let o = wgtune_limited(
-        &[
-            "train",
-            "--no-gui",
-            "--backend",
-            "cpu",
-            "--model",
-            model.to_str().unwrap(),
-            "--data",
-            file.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-            "--steps",
-            "1",
-            "--max-seq-len",
-            "32",
-        ],
-        HOSTILE_AS_LIMIT,
+    let o = train_on(
+        &model,
+        &file,
+        &out,
+        &["--steps", "1", "--max-seq-len", "32"],
+        Limit::AddressSpace(HOSTILE_AS_LIMIT),
     );
     ok(&o);
     assert!(String::from_utf8_lossy(&o.stderr).contains("truncated to 32 tokens"));
@@ -302,19 +297,11 @@ fn full_disk_keeps_the_trained_state() {
     let out = tmp.path().join("o");
     // Every file this run writes stays under 64 KiB except metrics.jsonl, which passes it after a
     // few hundred steps.
-    let model = fixture("tiny_gqa");
-    let o = run_with_file_limit(
+    let o = train_on(
+        &fixture("tiny_gqa"),
+        &d,
+        &out,
         &[
-            "train",
-            "--no-gui",
-            "--backend",
-            "cpu",
-            "--model",
-            model.to_str().unwrap(),
-            "--data",
-            d.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
             "--steps",
             "5000",
             "--batch-size",
@@ -324,7 +311,7 @@ fn full_disk_keeps_the_trained_state() {
             "--target-modules",
             "q_proj",
         ],
-        64 << 10,
+        Limit::FileSize(64 << 10),
     );
     let line = assert_clean_failure(
         &o,
@@ -338,29 +325,6 @@ fn full_disk_keeps_the_trained_state() {
     assert!(line.contains(&format!("(step {step})")), "{line}");
     let ckpt = read_tensors(&out.join("checkpoint/trainer.safetensors"));
     assert!(!ckpt.f32.is_empty());
-}
-
-/// `wgtune args…` with RLIMIT_FSIZE = `limit` (a write past it fails with EFBIG, as on a full
-/// disk; SIGXFSZ is ignored so the process sees the error).
-fn run_with_file_limit(args: &[&str], limit: u64) -> Output {
-    use std::os::unix::process::CommandExt;
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_wgtune"));
-    cmd.args(args);
-    // SAFETY: only async-signal-safe calls between fork and exec.
-    unsafe {
-        cmd.pre_exec(move || {
-            libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
-            let lim = libc::rlimit {
-                rlim_cur: limit,
-                rlim_max: limit,
-            };
-            if libc::setrlimit(libc::RLIMIT_FSIZE, &lim) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    cmd.output().unwrap()
 }
 
 /// A diverging run (`--lr 1e30`): the checkpoint named as the last good one exists and holds
