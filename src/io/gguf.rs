@@ -276,6 +276,8 @@ pub struct Gguf {
     pub version: u32,
     /// All metadata key/value pairs.
     pub metadata: BTreeMap<String, MetaValue>,
+    /// The metadata keys in file order (re-written files keep it, as llama.cpp's tools do).
+    pub key_order: Vec<String>,
     /// The tensor table, in file order.
     pub tensors: Vec<TensorInfo>,
     /// Byte offset of the data section from the start of the file.
@@ -429,6 +431,7 @@ impl Gguf {
         let n_kv = r.count(13, "the metadata count")?;
 
         let mut metadata = BTreeMap::new();
+        let mut key_order = Vec::with_capacity(n_kv);
         for i in 0..n_kv {
             let key = r.string(&format!("metadata key #{i}"))?;
             let what = format!("metadata value {key}");
@@ -437,6 +440,7 @@ impl Gguf {
             if metadata.insert(key.clone(), value).is_some() {
                 return Err(GgufError::Invalid(format!("duplicate metadata key {key}")));
             }
+            key_order.push(key);
         }
 
         let alignment = match metadata.get("general.alignment") {
@@ -498,6 +502,7 @@ impl Gguf {
         let gguf = Gguf {
             version,
             metadata,
+            key_order,
             tensors,
             data_start,
             alignment,
@@ -508,6 +513,14 @@ impl Gguf {
             }
         }
         Ok(gguf)
+    }
+
+    /// Every metadata pair in file order.
+    pub fn metadata_in_order(&self) -> Vec<(String, MetaValue)> {
+        self.key_order
+            .iter()
+            .filter_map(|k| Some((k.clone(), self.metadata.get(k)?.clone())))
+            .collect()
     }
 
     /// The tensor with this name, if the file has one.

@@ -1,0 +1,151 @@
+//! Whole-model GGUF writing against llama.cpp's own `llama-quantize` (fixtures from
+//! `tests/fixtures/gen_gguf_merge.py`): a synthetic F32 model (values from splitmix64, so no
+//! weights are committed) written by wgtune has the sha256 of gguf-py's file, and every
+//! quantization mix has the sha256 of llama.cpp's output for it — same metadata, tensor order,
+//! types (Q4_K_M's per-tensor rules, shape fallbacks) and quantized bytes.
+
+use crate::common::*;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use wgtune::io::gguf::Gguf;
+use wgtune::io::gguf_model::{Mix, ModelTensor, TensorData, write_model_gguf};
+use wgtune::io::gguf_write::{OutTensor, write_gguf};
+use wgtune::quant::ggml::GgmlType;
+
+/// The generator's values: splitmix64 of `seed + (i+1)·golden`, top 24 bits as u in [0, 1),
+/// `(u - 0.5) · 0.02·(1 + row % 5)` in f32.
+fn splitmix_values(seed: u64, rows: usize, cols: usize) -> Vec<f32> {
+    (0..rows * cols)
+        .map(|i| {
+            let mut z = seed.wrapping_add((i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^= z >> 31;
+            let u = (z >> 40) as f32 / 16_777_216.0;
+            let scale = 0.02f32 * (1.0 + ((i / cols) % 5) as f32);
+            (u - 0.5) * scale
+        })
+        .collect()
+}
+
+fn sha(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// One fixture case: its metadata, its F32 tensors in source order, and the expectations.
+fn case(name: &str) -> (Gguf, Vec<ModelTensor>, Value) {
+    let dir = fixture("gguf_merge");
+    let meta = std::fs::read(dir.join(format!("{name}.meta.gguf"))).unwrap();
+    let meta = Gguf::parse(&meta).unwrap();
+    let want: Value =
+        serde_json::from_slice(&std::fs::read(dir.join(format!("{name}.json"))).unwrap()).unwrap();
+    let tensors = want["tensors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            let dims: Vec<u64> = t["dims"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|d| d.as_u64().unwrap())
+                .collect();
+            let rows = dims.get(1).copied().unwrap_or(1) as usize;
+            let values = splitmix_values(t["seed"].as_u64().unwrap(), rows, dims[0] as usize);
+            ModelTensor {
+                name: t["name"].as_str().unwrap().to_string(),
+                dims,
+                source_type: GgmlType::F32,
+                data: TensorData::Values(values),
+            }
+        })
+        .collect();
+    (meta, tensors, want)
+}
+
+/// The F32 source as gguf-py writes it: same metadata and tensors, byte for byte.
+fn source_file(meta: &Gguf, tensors: &[ModelTensor]) -> Vec<u8> {
+    let out: Vec<OutTensor> = tensors
+        .iter()
+        .map(|t| {
+            let TensorData::Values(v) = &t.data else {
+                unreachable!()
+            };
+            OutTensor {
+                name: t.name.clone(),
+                dims: t.dims.clone(),
+                ty: GgmlType::F32,
+                data: bytemuck::cast_slice(v).to_vec(),
+            }
+        })
+        .collect();
+    write_gguf(&meta.metadata_in_order(), &out).unwrap()
+}
+
+/// Every mix of one case against llama.cpp: per tensor first (a clear message), then the file.
+fn check_case(name: &str, mixes: &[Mix]) {
+    let (meta, tensors, want) = case(name);
+    let src = source_file(&meta, &tensors);
+    assert_eq!(sha(&src), want["source_sha256"], "{name}: F32 source vs gguf-py");
+    let arch = meta.get_str("general.architecture").unwrap();
+    let n_layer = meta.get_u64(&format!("{arch}.block_count")).unwrap() as usize;
+    for &mix in mixes {
+        let expect = &want["mixes"][mix.name()];
+        let got = write_model_gguf(
+            &meta.metadata_in_order(),
+            tensors.clone(),
+            mix,
+            0,
+            n_layer,
+        )
+        .unwrap();
+        let parsed = Gguf::parse(&got.bytes).unwrap();
+        let exp_tensors = expect["tensors"].as_array().unwrap();
+        assert_eq!(parsed.tensors.len(), exp_tensors.len(), "{name} {}", mix.name());
+        for (t, e) in parsed.tensors.iter().zip(exp_tensors) {
+            let what = format!("{name} {} {}", mix.name(), t.name);
+            assert_eq!(t.name, e["name"], "{what}: tensor order");
+            assert_eq!(t.ty().unwrap().name(), e["type"], "{what}: type");
+            let bytes = parsed.tensor_bytes(&got.bytes, t).unwrap();
+            assert_eq!(sha(bytes), e["sha256"], "{what}: bytes");
+        }
+        assert_eq!(
+            parsed.get_u64("general.file_type").unwrap(),
+            expect["file_type"].as_u64().unwrap()
+        );
+        assert_eq!(sha(&got.bytes), expect["file_sha256"], "{name} {}: whole file", mix.name());
+    }
+}
+
+const LEGACY: [Mix; 7] = [
+    Mix::F16,
+    Mix::Bf16,
+    Mix::Q8_0,
+    Mix::Q4_0,
+    Mix::Q4_1,
+    Mix::Q5_0,
+    Mix::Q5_1,
+];
+const K_MIXES: [Mix; 5] = [Mix::Q4K, Mix::Q5K, Mix::Q6K, Mix::Q4KM, Mix::Q5KM];
+
+/// 8 layers, GQA, untied head, an ffn width no K type takes: the legacy mixes (the head Q6_K).
+#[test]
+fn llama8_legacy_mixes_equal_llama_quantize() {
+    check_case("llama8", &LEGACY);
+}
+
+/// The K mixes: Q4_K_M's Q6_K layers, pure Q4_K / Q5_K, and the Q5_0 / Q5_1 / Q8_0 fallbacks.
+#[test]
+fn llama8_k_mixes_equal_llama_quantize() {
+    check_case("llama8", &K_MIXES);
+}
+
+/// Tied embeddings (token_embd takes the head's type), biases, rows only F16 takes.
+#[test]
+fn tied_small_rows_equal_llama_quantize() {
+    check_case("qwen2_tied", &LEGACY);
+    check_case("qwen2_tied", &K_MIXES);
+}
