@@ -40,7 +40,7 @@ pub enum Command {
     Bench(BenchArgs),
     /// Train a LoRA or OFTv2 adapter (headless with --no-gui); writes a peft adapter to --out.
     Train(Box<super::train::TrainArgs>),
-    /// Merge a peft adapter into the base and write an HF model folder.
+    /// Merge a peft adapter into the base and write an HF model folder or a GGUF model file.
     Merge(MergeArgs),
     /// Write a peft LoRA adapter as a llama.cpp GGUF adapter (for llama-cli --lora, Ollama ADAPTER).
     Export(super::export::ExportArgs),
@@ -129,12 +129,23 @@ pub struct MergeArgs {
     /// Base model: HF folder or .gguf file.
     #[arg(long)]
     pub model: PathBuf,
-    /// peft adapter folder.
+    /// peft adapter folder (LoRA, OFT, QLoRA, QOFT, LoftQ; a LoRA-PAR adapter is a LoRA).
     #[arg(long)]
     pub adapter: PathBuf,
-    /// Output HF folder (config.json, model.safetensors, tokenizer.json).
+    /// Output: an HF folder (`--format hf`) or a .gguf file (`--format gguf`).
     #[arg(long)]
     pub out: PathBuf,
+    /// hf: config.json + model.safetensors (f32) + tokenizer files; gguf: one llama.cpp model file.
+    #[arg(long, value_enum, default_value = "hf")]
+    pub format: super::merge::MergeFormat,
+    /// GGUF tensor types, as `llama-quantize` picks them: same (each tensor's type in the base),
+    /// f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, q4_k, q5_k (every matrix that type),
+    /// q6_k, q4_k_m, q5_k_m. Only with `--format gguf`.
+    #[arg(long, value_parser = super::merge::parse_mix)]
+    pub quant: Option<crate::io::gguf_model::Mix>,
+    /// Quantize the base on load as it was for training (nf4 for a QLoRA adapter on an HF base).
+    #[arg(long)]
+    pub quantize: Option<String>,
 }
 
 /// `wgtune bench`.

@@ -10,6 +10,8 @@ pub mod export;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod files;
 #[cfg(not(target_arch = "wasm32"))]
+pub mod gguf_meta;
+#[cfg(not(target_arch = "wasm32"))]
 pub mod gui;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod loftq;

@@ -405,24 +405,40 @@ pub fn write_model_gguf(
     })
 }
 
-/// A line per tensor the mix could not give its type (llama.cpp prints the same warnings), or
-/// nothing: `blk.0.ffn_down.weight: 288 columns do not take Q4_K (256-blocks); wrote Q5_0`.
-pub fn fallback_notes(written: &[WrittenTensor], tensors_dims: &[(String, u64)]) -> Vec<String> {
-    written
-        .iter()
-        .filter_map(|w| {
-            let from = w.fallback_from?;
-            let cols = tensors_dims
-                .iter()
-                .find(|(n, _)| *n == w.name)
-                .map_or(0, |d| d.1);
-            Some(format!(
-                "{}: {cols} columns do not take {} ({}-element blocks); wrote {}",
-                w.name,
-                from.name(),
+/// One line per fallback llama.cpp would also take, grouped by (wanted, written) type, or
+/// nothing: `12 tensors with rows of 32, 64 values (not a multiple of 256) got Q5_0 instead of
+/// Q4_K: blk.0.attn_k.weight, …`. `cols` gives each tensor's row length.
+pub fn fallback_notes(written: &[WrittenTensor], cols: &[(String, u64)]) -> Vec<String> {
+    let mut groups: Vec<((GgmlType, GgmlType), Vec<&str>, std::collections::BTreeSet<u64>)> =
+        Vec::new();
+    for w in written {
+        let Some(from) = w.fallback_from else {
+            continue;
+        };
+        let n = cols.iter().find(|(n, _)| *n == w.name).map_or(0, |c| c.1);
+        match groups.iter_mut().find(|g| g.0 == (from, w.ty)) {
+            Some(g) => {
+                g.1.push(&w.name);
+                g.2.insert(n);
+            }
+            None => groups.push(((from, w.ty), vec![&w.name], [n].into())),
+        }
+    }
+    groups
+        .into_iter()
+        .map(|((from, to), names, lens)| {
+            let lens: Vec<String> = lens.iter().map(u64::to_string).collect();
+            let shown: Vec<&str> = names.iter().take(3).copied().collect();
+            let more = if names.len() > 3 { ", …" } else { "" };
+            format!(
+                "{} tensor(s) with rows of {} values (not a multiple of {}) got {} instead of {}: {}{more}",
+                names.len(),
+                lens.join(", "),
                 from.block_size(),
-                w.ty.name()
-            ))
+                to.name(),
+                from.name(),
+                shown.join(", ")
+            )
         })
         .collect()
 }

@@ -7,6 +7,7 @@ use super::ModelError;
 use super::attention::{Attention, AttnContext, LayerCache, inv_freq};
 use super::config::{Activation, AttnKind, DecoderConfig, NormStyle};
 use super::linear::AdaptedLinear;
+use super::loader::LINEAR_ROLES;
 use super::roles::Role;
 use super::vocab::VocabMatrix;
 use burn::tensor::{Device, Int, Tensor, TensorData, activation};
@@ -302,25 +303,16 @@ impl Decoder {
         }
     }
 
-    /// Every weight tensor by HF name with its HF shape (the head is omitted when tied); vectors
-    /// (norms, biases) come as `[1, n]` tensors.
-    pub fn named_weights(&self) -> Vec<(String, Vec<usize>, Tensor<2>)> {
-        let arch = self.config.arch;
-        let matrix = |name: String, t: Tensor<2>| (name, t.dims().to_vec(), t);
-        let vector = |name: String, t: &Tensor<1>| (name, t.dims().to_vec(), t.clone().unsqueeze());
-        let mut out = vec![matrix(
-            arch.hf_name(Role::TokenEmbd, None),
-            self.embed_tokens.to_dense(),
-        )];
+    /// Every weight tensor with its role and block (the head is omitted when tied), in HF
+    /// layout; vectors (norms, biases) come as `[1, n]` tensors.
+    pub fn role_weights(&self) -> Vec<(Role, Option<usize>, Tensor<2>)> {
+        let mut out = vec![(Role::TokenEmbd, None, self.embed_tokens.to_dense())];
         for (l, b) in self.layers.iter().enumerate() {
             for (r, n) in b.norms() {
-                out.push(vector(arch.hf_name(r, Some(l)), &n.weight));
+                out.push((r, Some(l), n.weight.clone().unsqueeze()));
             }
-            for (n, lin) in b.linears() {
-                out.push(matrix(
-                    format!("model.layers.{l}.{n}.weight"),
-                    lin.base.dense(),
-                ));
+            for ((_, lin), r) in b.linears().into_iter().zip(LINEAR_ROLES) {
+                out.push((r, Some(l), lin.base.dense()));
             }
             let a = &b.self_attn;
             for (r, lin) in [
@@ -329,18 +321,23 @@ impl Decoder {
                 (Role::AttnVBias, &a.v_proj),
             ] {
                 if let Some(bias) = &lin.bias {
-                    out.push(vector(arch.hf_name(r, Some(l)), bias));
+                    out.push((r, Some(l), bias.clone().unsqueeze()));
                 }
             }
         }
-        out.push(vector(
-            arch.hf_name(Role::OutputNorm, None),
-            &self.norm.weight,
-        ));
+        out.push((Role::OutputNorm, None, self.norm.weight.clone().unsqueeze()));
         if let Some(h) = &self.lm_head {
-            out.push(matrix(arch.hf_name(Role::Output, None), h.to_dense()));
+            out.push((Role::Output, None, h.to_dense()));
         }
         out
+    }
+
+    /// Every weight tensor by HF name with its HF shape, as [`Decoder::role_weights`] lists them.
+    pub fn named_weights(&self) -> Vec<(String, Vec<usize>, Tensor<2>)> {
+        self.role_weights()
+            .into_iter()
+            .map(|(r, l, t)| (self.config.arch.hf_name(r, l), t.dims().to_vec(), t))
+            .collect()
     }
 
     /// Token ids `[B, T]` (host) → final hidden states `[B, T, hidden]` (after the final norm);

@@ -149,3 +149,70 @@ fn tied_small_rows_equal_llama_quantize() {
     check_case("qwen2_tied", &LEGACY);
     check_case("qwen2_tied", &K_MIXES);
 }
+
+/// The projections the fixture adapters adapt (all seven), by GGUF name.
+const PROJECTIONS: [&str; 7] = [
+    ".attn_q.weight",
+    ".attn_k.weight",
+    ".attn_v.weight",
+    ".attn_output.weight",
+    ".ffn_gate.weight",
+    ".ffn_up.weight",
+    ".ffn_down.weight",
+];
+
+/// Logits of a GGUF model (optionally with a peft adapter) on the fixture's batch, CPU backend.
+fn gguf_logits(path: &std::path::Path, adapter: Option<&std::path::Path>, ids: &[Vec<u32>]) -> Vec<f32> {
+    use wgtune::app::files::DirSource;
+    use wgtune::model::loader::{ModelSource, load_model};
+    let bytes: wgtune::io::Blob = std::sync::Arc::new(std::fs::read(path).unwrap());
+    let src = ModelSource::Gguf {
+        bytes,
+        name: path.display().to_string(),
+    };
+    let mut lm = load_model(src, &device("cpu"), None).unwrap_or_else(|e| panic!("{e}"));
+    if let Some(a) = adapter {
+        wgtune::io::peft::load_adapter(&DirSource::new(a), &mut lm.model).unwrap();
+    }
+    block(wgtune::model::read_f32(lm.model.forward(ids, None).unwrap())).unwrap()
+}
+
+/// `merge --format gguf` from each architecture's GGUF base (llama.cpp's converter output) and
+/// its LoRA / OFT adapter: the merged file loads back in wgtune with the adapter-on logits —
+/// to float accuracy for `same` (F32 here), within the quantization error for f16 / q8_0 —
+/// and keeps every tensor the adapter did not touch byte for byte.
+#[test]
+fn merged_gguf_round_trips_with_adapter_logits() {
+    use wgtune::app::merge::merge_to_gguf;
+    let tmp = tempfile::tempdir().unwrap();
+    for case in ["mistral", "qwen2", "qwen3", "gemma3"] {
+        let base = fixture(&format!("arch/{case}/model.gguf"));
+        let ids = crate::peft_fixtures::batch_of(&format!("arch/{case}")).input_ids;
+        let base_bytes = std::fs::read(&base).unwrap();
+        let base_g = Gguf::parse(&base_bytes).unwrap();
+        for method in ["lora", "oft"] {
+            let adapter = fixture(&format!("arch/{case}/peft/{method}/adapter"));
+            let want = gguf_logits(&base, Some(&adapter), &ids);
+            for (mix, tol) in [(Mix::Same, 2e-5), (Mix::F16, 2e-2), (Mix::Q8_0, 0.2)] {
+                let out = tmp.path().join(format!("{case}-{method}-{}.gguf", mix.name()));
+                merge_to_gguf(&base, None, &adapter, &out, mix).unwrap();
+                let got = gguf_logits(&out, None, &ids);
+                let diff = max_abs_diff(&got, &want);
+                println!("{case} {method} {}: max |Δlogit| {diff:.2e}", mix.name());
+                assert!(diff <= tol, "{case} {method} {}: logits differ by {diff}", mix.name());
+                if mix == Mix::Same {
+                    let bytes = std::fs::read(&out).unwrap();
+                    let g = Gguf::parse(&bytes).unwrap();
+                    for t in &base_g.tensors {
+                        let m = g.tensor(&t.name).unwrap();
+                        let same = g.tensor_bytes(&bytes, m).unwrap()
+                            == base_g.tensor_bytes(&base_bytes, t).unwrap();
+                        let projection = PROJECTIONS.iter().any(|p| t.name.ends_with(p));
+                        assert!(same || projection, "{case} {method}: {} changed", t.name);
+                        assert!(!same || !projection, "{case} {method}: {} unchanged", t.name);
+                    }
+                }
+            }
+        }
+    }
+}
