@@ -165,6 +165,32 @@ try {
       `${name}: ${keys.length} peft tensors (${keys[0]} …)`,
     );
 
+    // A LoRA also downloads as llama.cpp's GGUF adapter: byte-identical to what the native
+    // `wgtune export --format gguf` writes from the downloaded peft files and the same base.
+    const baseModel = nativeArgs.includes("--model") ? nativeArgs[nativeArgs.indexOf("--model") + 1] : "tests/fixtures/tiny_gqa";
+    if (!oft) {
+      const got = [];
+      const onDownload = (d) => got.push(d);
+      page.on("download", onDownload);
+      check(await page.evaluate(() => window.wgtune.wgtune_download("adapter-gguf")), `${name}: download adapter-gguf`);
+      const deadline = Date.now() + 30_000;
+      while (got.length < 1 && Date.now() < deadline) await page.waitForTimeout(100);
+      page.off("download", onDownload);
+      for (const d of got) await d.saveAs(path.join(dir, d.suggestedFilename()));
+      // The CLI names the adapter after its folder (`adapter` → "Adapter", the browser's name).
+      const peftDir = path.join(dir, "adapter");
+      fs.mkdirSync(peftDir, { recursive: true });
+      for (const f of ["adapter_config.json", "adapter_model.safetensors"]) fs.copyFileSync(path.join(dir, f), path.join(peftDir, f));
+      const nativeGguf = path.join(dir, "native-adapter.gguf");
+      execFileSync(nativeBin, ["export", "--adapter", peftDir, "--base", baseModel, "--format", "gguf", "--out", nativeGguf],
+        { stdio: ["ignore", "ignore", "inherit"] });
+      const a = fs.readFileSync(path.join(dir, "adapter.gguf"));
+      check(a.length > 0 && a.equals(fs.readFileSync(nativeGguf)),
+        `${name}: adapter.gguf (${a.length} bytes) is byte-identical to the native export`);
+    } else {
+      check(!(await page.evaluate(() => window.wgtune.wgtune_download("adapter-gguf"))), `${name}: no GGUF adapter for OFT`);
+    }
+
     // The same run file on the native CPU backend.
     const nativeOut = path.join(dir, "native-cpu");
     execFileSync(nativeBin, [

@@ -69,18 +69,28 @@ fn base_path(a: &ExportArgs) -> Result<PathBuf> {
 pub fn cmd_export(a: ExportArgs) -> Result<()> {
     let ExportFormat::Gguf = a.format;
     let base = base_path(&a)?;
-    let config = base_config(&base)?;
-    let folder = std::fs::canonicalize(&a.adapter).unwrap_or_else(|_| a.adapter.clone());
-    let name = title(&folder.file_name().unwrap_or_default().to_string_lossy());
-    let bytes = lora_to_gguf(&DirSource::new(&a.adapter), &config, &name, a.outtype)?;
-    write_atomic(&a.out, &bytes)?;
-    let out = a.out.display();
-    println!(
-        "wrote {out}: llama.cpp LoRA adapter for a `{}` base ({}, {} bytes)",
-        config.arch.gguf_arch(),
-        a.outtype.ggml().name(),
-        bytes.len()
+    print!(
+        "{}",
+        export_adapter_gguf(&a.adapter, &base, &a.out, a.outtype)?
     );
+    Ok(())
+}
+
+/// Write the LoRA adapter folder `adapter` (trained on `base`) as a llama.cpp GGUF adapter to
+/// `out` (atomically) and return what to tell the user: what was written and the Ollama /
+/// llama.cpp lines that use it. Shared by `wgtune export` and the desktop app's export.
+pub fn export_adapter_gguf(
+    adapter: &Path,
+    base: &Path,
+    out: &Path,
+    outtype: OutType,
+) -> Result<String> {
+    let config = base_config(base)?;
+    let folder = std::fs::canonicalize(adapter).unwrap_or_else(|_| adapter.to_path_buf());
+    let name = title(&folder.file_name().unwrap_or_default().to_string_lossy());
+    let bytes = lora_to_gguf(&DirSource::new(adapter), &config, &name, outtype)?;
+    write_atomic(out, &bytes)?;
+    let o = out.display();
     let base_gguf = if base.is_file() {
         base.display().to_string()
     } else {
@@ -89,7 +99,12 @@ pub fn cmd_export(a: ExportArgs) -> Result<()> {
             base.display()
         )
     };
-    println!("\nOllama Modelfile:\n  FROM {base_gguf}\n  ADAPTER {out}");
-    println!("\nllama.cpp:\n  llama-cli -m {base_gguf} --lora {out}");
-    Ok(())
+    Ok(format!(
+        "wrote {o}: llama.cpp LoRA adapter for a `{}` base ({}, {} bytes)\n\
+         \nOllama Modelfile:\n  FROM {base_gguf}\n  ADAPTER {o}\n\
+         \nllama.cpp:\n  llama-cli -m {base_gguf} --lora {o}\n",
+        config.arch.gguf_arch(),
+        outtype.ggml().name(),
+        bytes.len()
+    ))
 }

@@ -8,6 +8,7 @@ use super::state::DataInfo;
 use super::state::{ModelInfo, Settings, problems, remember};
 use super::worker::{Job, SampleRequest, TrainJob, TrainMsg};
 use crate::app::train::{TrainEvent, TrainSummary};
+use crate::io::gguf_model::Mix;
 use crate::train::run::RunConfig;
 use eframe::egui;
 use egui::RichText;
@@ -30,6 +31,37 @@ pub(crate) struct Launch {
     pub screenshot: Option<ScreenshotPlan>,
     pub device_line: String,
     pub persist: bool,
+}
+
+/// What the export row writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ExportKind {
+    /// `wgtune merge`: HF folder.
+    HfFolder,
+    /// `wgtune merge --format gguf`: one GGUF model file.
+    GgufModel,
+    /// `wgtune export --format gguf`: llama.cpp LoRA adapter.
+    GgufAdapter,
+}
+
+impl ExportKind {
+    /// The label in the picker.
+    fn label(self) -> &'static str {
+        match self {
+            ExportKind::HfFolder => "merged HF folder",
+            ExportKind::GgufModel => "merged GGUF model",
+            ExportKind::GgufAdapter => "GGUF LoRA adapter",
+        }
+    }
+
+    /// Where it goes by default, inside the run folder `out`.
+    fn default_path(self, out: &Path, quant: Mix) -> PathBuf {
+        match self {
+            ExportKind::HfFolder => out.join("merged"),
+            ExportKind::GgufModel => out.join(format!("merged-{}.gguf", quant.name())),
+            ExportKind::GgufAdapter => out.join("adapter.gguf"),
+        }
+    }
 }
 
 #[derive(PartialEq)]
@@ -82,7 +114,9 @@ pub(crate) struct WgtuneApp {
     last_frame: Option<Instant>,
     browser: Option<Browser<Pick>>,
     export_dir: String,
-    export_job: Option<Job<usize>>,
+    export_kind: ExportKind,
+    export_quant: Mix,
+    export_job: Option<Job<String>>,
 }
 
 /// Which field a file picker fills.
@@ -144,6 +178,8 @@ impl WgtuneApp {
             last_frame: None,
             browser: None,
             export_dir: String::new(),
+            export_kind: ExportKind::HfFolder,
+            export_quant: Mix::Q8_0,
             export_job: None,
         };
         app.load_model(&cc.egui_ctx);
@@ -243,18 +279,39 @@ impl WgtuneApp {
         }
     }
 
-    /// Merge the adapter in the output folder into its base and write an HF folder to
-    /// `export_dir`, on a background thread (`wgtune merge`'s code).
-    fn export_merged(&mut self, ctx: &egui::Context) {
+    /// Export the adapter in the output folder to `export_dir` on a background thread, as
+    /// `export_kind` says: merged HF folder or GGUF model (`wgtune merge`'s code), or GGUF LoRA
+    /// adapter (`wgtune export`'s).
+    fn export(&mut self, ctx: &egui::Context) {
         let Some((model, quantize, adapter)) = self.export_source() else {
             self.error = Some("export: no adapter in the output folder yet".into());
             return;
         };
         let dest = PathBuf::from(self.export_dir.trim());
+        let (kind, mix) = (self.export_kind, self.export_quant);
         self.notice = Some(format!("exporting to {}…", dest.display()));
         self.export_job = Some(Job::spawn(ctx, move || {
-            crate::app::merge::merge_into(&model, quantize.as_deref(), &adapter, &dest)
-                .map_err(|e| format!("export: {e:#}"))
+            let shown = dest.display().to_string();
+            match kind {
+                ExportKind::HfFolder => {
+                    crate::app::merge::merge_into(&model, quantize.as_deref(), &adapter, &dest)
+                        .map(|n| format!("merged model written to {shown} ({n} tensors)"))
+                }
+                ExportKind::GgufModel => crate::app::merge::merge_to_gguf(
+                    &model,
+                    quantize.as_deref(),
+                    &adapter,
+                    &dest,
+                    mix,
+                ),
+                ExportKind::GgufAdapter => crate::app::export::export_adapter_gguf(
+                    &adapter,
+                    &model,
+                    &dest,
+                    crate::io::gguf_adapter::OutType::F32,
+                ),
+            }
+            .map_err(|e| format!("export: {e:#}"))
         }));
     }
 
@@ -271,6 +328,86 @@ impl WgtuneApp {
         }
         let model = PathBuf::from(self.run.model.as_ref()?);
         Some((model, self.run.base_quantization(), out))
+    }
+
+    /// The export row under a finished run: what to write (merged HF folder, merged GGUF with
+    /// its quantization, GGUF LoRA adapter), where, and the button.
+    fn export_row(&mut self, ui: &mut egui::Ui, ctx: &egui::Context) {
+        let out = self.run.out.clone().map(PathBuf::from);
+        let oft = self.run.method.as_deref().is_some_and(|m| m.contains("oft"));
+        if oft && self.export_kind == ExportKind::GgufAdapter {
+            self.export_kind = ExportKind::GgufModel;
+        }
+        ui.horizontal(|ui| {
+            let before = (self.export_kind, self.export_quant);
+            egui::ComboBox::from_id_salt("export-kind")
+                .selected_text(self.export_kind.label())
+                .show_ui(ui, |ui| {
+                    for k in [
+                        ExportKind::HfFolder,
+                        ExportKind::GgufModel,
+                        ExportKind::GgufAdapter,
+                    ] {
+                        let r = ui.add_enabled_ui(!(oft && k == ExportKind::GgufAdapter), |ui| {
+                            ui.selectable_value(&mut self.export_kind, k, k.label())
+                        });
+                        r.response.on_disabled_hover_text(
+                            "llama.cpp has no OFT adapter type: export a merged GGUF model",
+                        );
+                    }
+                });
+            if self.export_kind == ExportKind::GgufModel {
+                egui::ComboBox::from_id_salt("export-quant")
+                    .selected_text(self.export_quant.name())
+                    .show_ui(ui, |ui| {
+                        for m in Mix::ALL {
+                            ui.selectable_value(&mut self.export_quant, m, m.name());
+                        }
+                    })
+                    .response
+                    .on_hover_text("tensor types as llama-quantize picks them; same = the base's");
+            }
+            if let Some(o) = &out
+                && (self.export_dir.trim().is_empty()
+                    || (self.export_kind, self.export_quant) != before)
+            {
+                self.export_dir = self
+                    .export_kind
+                    .default_path(o, self.export_quant)
+                    .display()
+                    .to_string();
+            }
+            ui.label("to");
+            ui.add(egui::TextEdit::singleline(&mut self.export_dir).desired_width(220.0));
+            let (title, want) = match self.export_kind {
+                ExportKind::HfFolder => ("Export folder", Want::Folder),
+                _ => (
+                    "Export file",
+                    Want::Save { extension: "gguf" },
+                ),
+            };
+            if ui.small_button("…").on_hover_text("pick where").clicked() {
+                self.browse(Pick::Export, title, want);
+            }
+            let busy = self.export_job.is_some();
+            if ui
+                .add_enabled(
+                    !busy && !self.export_dir.trim().is_empty(),
+                    egui::Button::new("Export"),
+                )
+                .on_hover_text(match self.export_kind {
+                    ExportKind::HfFolder => "Fold the adapter into the base and write config.json, model.safetensors and the tokenizer",
+                    ExportKind::GgufModel => "Fold the adapter into the base and write one GGUF model for llama.cpp / Ollama / LM Studio",
+                    ExportKind::GgufAdapter => "Write the LoRA adapter as llama.cpp's GGUF adapter (llama-cli --lora, Ollama ADAPTER)",
+                })
+                .clicked()
+            {
+                self.export(ctx);
+            }
+            if busy {
+                ui.spinner();
+            }
+        });
     }
 
     fn start(&mut self, ctx: &egui::Context) {
@@ -292,12 +429,7 @@ impl WgtuneApp {
         if let Some(r) = self.export_job.as_ref().and_then(|j| j.poll()) {
             self.export_job = None;
             match r {
-                Ok(n) => {
-                    self.notice = Some(format!(
-                        "merged model written to {} ({n} tensors)",
-                        self.export_dir
-                    ))
-                }
+                Ok(report) => self.notice = Some(report.trim_end().to_string()),
                 Err(e) => self.error = Some(e),
             }
         }
@@ -588,36 +720,7 @@ impl WgtuneApp {
             }
         });
         if self.train.is_none() && self.export_source().is_some() {
-            ui.horizontal(|ui| {
-                if self.export_dir.trim().is_empty()
-                    && let Some(o) = &self.run.out
-                {
-                    self.export_dir = Path::new(o).join("merged").display().to_string();
-                }
-                ui.label("export to").on_hover_text(
-                    "HF folder for the base with the adapter merged in (what `wgtune merge` writes)",
-                );
-                ui.add(egui::TextEdit::singleline(&mut self.export_dir).desired_width(220.0));
-                if ui.small_button("…").on_hover_text("pick a folder").clicked() {
-                    self.browse(Pick::Export, "Export folder", Want::Folder);
-                }
-                let busy = self.export_job.is_some();
-                if ui
-                    .add_enabled(
-                        !busy && !self.export_dir.trim().is_empty(),
-                        egui::Button::new("Export merged model"),
-                    )
-                    .on_hover_text(
-                        "Fold the adapter into the base weights and write config.json, model.safetensors and the tokenizer",
-                    )
-                    .clicked()
-                {
-                    self.export_merged(ctx);
-                }
-                if busy {
-                    ui.spinner();
-                }
-            });
+            self.export_row(ui, ctx);
         }
         if !self.view.backend.is_empty() {
             ui.label(

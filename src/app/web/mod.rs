@@ -322,8 +322,9 @@ fn request_stop(st: &mut Shared) {
     post_stop();
 }
 
-/// Download `adapter` (adapter_config.json and adapter_model.safetensors) or `run` (run.toml), as
-/// the page's buttons do. Returns false when there is nothing to download yet.
+/// Download `adapter` (adapter_config.json and adapter_model.safetensors), `adapter-gguf` (the
+/// LoRA as llama.cpp's GGUF adapter) or `run` (run.toml), as the page's buttons do. Returns
+/// false when there is nothing to download yet (or the adapter cannot be a GGUF adapter: OFT).
 #[wasm_bindgen]
 pub fn wgtune_download(what: &str) -> bool {
     wgtune_download_from(&shared().borrow(), what)
@@ -343,6 +344,30 @@ fn wgtune_download_from(st: &Shared, what: &str) -> bool {
             }
             None => false,
         },
+        "adapter-gguf" => {
+            let (Some((json, bytes)), Some(info)) = (&st.adapter_files, &st.model_info) else {
+                return false;
+            };
+            let files = [
+                ("adapter_config.json", Arc::new(json.clone().into_bytes()) as Blob),
+                ("adapter_model.safetensors", Arc::new(bytes.clone()) as Blob),
+            ];
+            let folder = MemFolder {
+                name: "adapter".into(),
+                files: files.into_iter().map(|(n, b)| (n.to_string(), b)).collect(),
+            };
+            let out = crate::io::gguf_adapter::OutType::F32;
+            match crate::io::gguf_adapter::lora_to_gguf(&folder, &info.config, "Adapter", out) {
+                Ok(gguf) => {
+                    download("adapter.gguf", &gguf, "application/octet-stream");
+                    true
+                }
+                Err(e) => {
+                    web_sys::console::error_1(&format!("adapter.gguf: {e}").into());
+                    false
+                }
+            }
+        }
         "run" => {
             download("run.toml", st.run.to_toml().as_bytes(), "application/toml");
             true
@@ -910,6 +935,18 @@ impl WebApp {
                 .clicked()
             {
                 wgtune_download_from(st, "adapter");
+            }
+            let oft = st.run.method.as_deref().is_some_and(|m| m.contains("oft"));
+            if ui
+                .add_enabled(
+                    st.adapter_files.is_some() && !oft,
+                    egui::Button::new("Download adapter.gguf"),
+                )
+                .on_hover_text("the LoRA as llama.cpp's GGUF adapter: llama-cli --lora, Ollama ADAPTER")
+                .on_disabled_hover_text("llama.cpp has no OFT adapter type")
+                .clicked()
+            {
+                wgtune_download_from(st, "adapter-gguf");
             }
             if ui.button("Download run file").clicked() {
                 wgtune_download_from(st, "run");
