@@ -11,6 +11,7 @@ mod gemma_tokenizer;
 mod ggml_blocks;
 mod ggml_quantize;
 mod gguf_export;
+mod gguf_meta;
 mod gui;
 mod hf_fixtures;
 mod hostile_chat;
