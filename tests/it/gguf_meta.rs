@@ -19,8 +19,8 @@ use wgtune::model::config::DecoderConfig;
 use wgtune::model::loader::{ModelFiles, ModelSource, read_model};
 
 /// Keys whose values may legitimately differ from the converter's file, with the reason. Empty:
-/// every fixture is converted with `--outtype f32`, and the tests ask for `file_type` 0 (ALL_F32)
-/// too, so `general.file_type` matches as well. (`general.file_type` is the caller's choice;
+/// the tests ask for the `file_type` the converter wrote (0 = ALL_F32 for `arch/`, 1 = MOSTLY_F16
+/// for `gguf_meta/llama3`), so `general.file_type` matches as well. (`general.file_type` is the caller's choice;
 /// `file_type_is_the_callers` checks that it is the only key that changes with it.)
 const ALLOWED_DIFFERENCES: &[(&str, &str)] = &[];
 
@@ -138,9 +138,9 @@ fn options(name: &str, file_type: u32) -> HfMetaOptions {
 }
 
 /// Our metadata for `dir` equals the converter's `gguf` key by key, in order.
-fn check_equal(dir: &Path, gguf: &Path, name: &str) -> Vec<(String, MetaValue)> {
+fn check_equal(dir: &Path, gguf: &Path, name: &str, file_type: u32) -> Vec<(String, MetaValue)> {
     let folder = Folder::read(dir);
-    let ours = hf_gguf_metadata(&folder.config(), &folder.files(), &options(name, 0))
+    let ours = hf_gguf_metadata(&folder.config(), &folder.files(), &options(name, file_type))
         .unwrap_or_else(|e| panic!("{name}: {e}"));
     let bytes = std::fs::read(gguf).unwrap();
     let theirs = Gguf::parse(&bytes).unwrap();
@@ -209,8 +209,7 @@ fn check_round_trip(dir: &Path, converted: &[u8], ours: &[(String, MetaValue)], 
     let cases = dir.join("tokenizer_cases.json");
     let mut expected = Vec::new();
     if cases.exists() {
-        let v: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(cases).unwrap()).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&std::fs::read(cases).unwrap()).unwrap();
         for c in v["cases"].as_array().unwrap() {
             let ids: Vec<u32> = c["ids"]
                 .as_array()
@@ -241,7 +240,7 @@ fn check_round_trip(dir: &Path, converted: &[u8], ours: &[(String, MetaValue)], 
 fn arch_case(case: &str) {
     let dir = fixture(&format!("arch/{case}"));
     let gguf = dir.join("model.gguf");
-    let ours = check_equal(&dir, &gguf, case);
+    let ours = check_equal(&dir, &gguf, case, 0);
     check_round_trip(&dir, &std::fs::read(&gguf).unwrap(), &ours, case);
 }
 
@@ -263,4 +262,183 @@ fn qwen3_matches_the_converter() {
 #[test]
 fn gemma3_matches_the_converter() {
     arch_case("gemma3");
+}
+
+/// A Llama-3-style model (tests/fixtures/gen_gguf_meta.py): byte-level BPE with Llama 3's split
+/// regex (`llama-bpe`), ids past the tokenizer padded as `[PADn]`, a non-special added token
+/// (USER_DEFINED), an eos list in config.json, sampling keys from generation_config.json, head_dim
+/// ≠ hidden/heads, f16 (`file_type` 1), and Llama-3 RoPE scaling, which the converter writes as a
+/// `rope_freqs` tensor (compared with `llama3_rope_freqs`).
+#[test]
+fn llama3_matches_the_converter() {
+    let dir = fixture("gguf_meta/llama3");
+    let gguf = dir.join("model.gguf");
+    let ours = check_equal(&dir, &gguf, "llama3", 1);
+    let bytes = std::fs::read(&gguf).unwrap();
+    check_round_trip(&dir, &bytes, &ours, "llama3");
+    let g = Gguf::parse(&bytes).unwrap();
+    let t = g.tensor("rope_freqs.weight").unwrap();
+    let want: Vec<f32> = g
+        .tensor_bytes(&bytes, t)
+        .unwrap()
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+        .collect();
+    let config = Folder::read(&dir).config();
+    let got = llama3_rope_freqs(&config).unwrap();
+    assert_eq!(got.len(), want.len());
+    for (a, b) in got.iter().zip(&want) {
+        // torch's f32 pow may differ from Rust's by an ulp.
+        assert!(
+            (a - b).abs() <= 4.0 * f32::EPSILON * b.abs(),
+            "{got:?} vs {want:?}"
+        );
+    }
+    // gguf-py's size label counts every tensor written, rope_freqs included.
+    let count: u64 = g.tensors.iter().map(|t| t.n_elems()).sum();
+    assert_eq!(gguf_param_count(&config), count);
+}
+
+/// `general.file_type` is the caller's: asking for another one changes that key and nothing else.
+#[test]
+fn file_type_is_the_callers() {
+    let folder = Folder::read(&fixture("arch/qwen2"));
+    let f32 = hf_gguf_metadata(&folder.config(), &folder.files(), &options("q", 0)).unwrap();
+    let q8 = hf_gguf_metadata(&folder.config(), &folder.files(), &options("q", 7)).unwrap();
+    assert_eq!(f32.len(), q8.len());
+    for ((k, a), (_, b)) in f32.iter().zip(&q8) {
+        if k == "general.file_type" {
+            assert_eq!((a, b), (&MetaValue::U32(0), &MetaValue::U32(7)));
+        } else {
+            assert!(same(a, b), "{k}");
+        }
+    }
+}
+
+/// Hostile tokenizer files: typed errors, no panic, no allocation beyond the input's size.
+#[test]
+fn hostile_tokenizer_files_are_typed_errors() {
+    let gemma = Folder::read(&fixture("arch/gemma3"));
+    let qwen = Folder::read(&fixture("arch/qwen2"));
+    let run = |folder: &Folder, files: HfFiles| {
+        hf_gguf_metadata(&folder.config(), &files, &options("x", 0))
+    };
+    // Truncated or garbled SentencePiece models.
+    let model = gemma.files().tokenizer_model.unwrap().to_vec();
+    for cut in [1, 2, 7, model.len() / 2, model.len() - 1] {
+        let short = model[..cut].to_vec();
+        let err = run(
+            &gemma,
+            HfFiles {
+                tokenizer_model: Some(&short),
+                ..gemma.files()
+            },
+        )
+        .unwrap_err();
+        assert!(
+            matches!(err, HfMetaError::SentencePiece(_)),
+            "cut {cut}: {err}"
+        );
+    }
+    let huge_len = [0x0a, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f];
+    let err = run(
+        &gemma,
+        HfFiles {
+            tokenizer_model: Some(&huge_len),
+            ..gemma.files()
+        },
+    )
+    .unwrap_err();
+    assert!(matches!(err, HfMetaError::SentencePiece(_)), "{err}");
+    // Malformed JSON.
+    for bad in [&b"{"[..], b"[1, 2]", b"\xff\xfe", b"{\"model\": 3}"] {
+        let err = run(
+            &qwen,
+            HfFiles {
+                tokenizer_json: Some(bad),
+                ..qwen.files()
+            },
+        )
+        .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                HfMetaError::Json { .. }
+                    | HfMetaError::Invalid { .. }
+                    | HfMetaError::Unsupported(_)
+            ),
+            "{err}"
+        );
+        if bad.starts_with(b"{\"model") {
+            continue; // a valid tokenizer_config.json
+        }
+        let err = run(
+            &qwen,
+            HfFiles {
+                tokenizer_config_json: Some(bad),
+                ..qwen.files()
+            },
+        )
+        .unwrap_err();
+        assert!(
+            matches!(err, HfMetaError::Json { .. } | HfMetaError::Invalid { .. }),
+            "{err}"
+        );
+    }
+    // Deep nesting stops at serde_json's recursion limit.
+    let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+    let err = run(
+        &qwen,
+        HfFiles {
+            tokenizer_json: Some(deep.as_bytes()),
+            ..qwen.files()
+        },
+    )
+    .unwrap_err();
+    assert!(matches!(err, HfMetaError::Json { .. }), "{err}");
+    // An id far beyond the vocabulary, and an absurd vocab_size, allocate nothing.
+    let far = br#"{"model": {"type": "BPE", "vocab": {"a": 18446744073709551615}, "merges": []}}"#;
+    let err = run(
+        &qwen,
+        HfFiles {
+            tokenizer_json: Some(far),
+            ..qwen.files()
+        },
+    )
+    .unwrap_err();
+    assert!(matches!(err, HfMetaError::Invalid { .. }), "{err}");
+    let mut config = qwen.config();
+    config.vocab_size = 1 << 40;
+    let err = hf_gguf_metadata(&config, &qwen.files(), &options("x", 0)).unwrap_err();
+    assert!(matches!(err, HfMetaError::Invalid { .. }), "{err}");
+    // No tokenizer at all.
+    let err = run(
+        &qwen,
+        HfFiles {
+            tokenizer_json: None,
+            ..qwen.files()
+        },
+    )
+    .unwrap_err();
+    assert!(matches!(err, HfMetaError::NoTokenizer(_)), "{err}");
+}
+
+/// The comparison can fail: another name is a value difference…
+#[test]
+#[should_panic(expected = "values differ")]
+fn a_wrong_value_is_caught() {
+    let dir = fixture("arch/mistral");
+    check_equal(&dir, &dir.join("model.gguf"), "not-mistral", 0);
+}
+
+/// …and another architecture's file has other keys.
+#[test]
+#[should_panic(expected = "keys or their order differ")]
+fn other_keys_are_caught() {
+    check_equal(
+        &fixture("arch/qwen2"),
+        &fixture("arch/qwen3/model.gguf"),
+        "qwen2",
+        0,
+    );
 }

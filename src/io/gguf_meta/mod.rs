@@ -402,7 +402,11 @@ pub fn hf_gguf_metadata(
 /// wrong JSON type are skipped (gguf-py would fail to pack them).
 fn sampling(g: &Map<String, Value>, m: &mut MetaList) {
     let get = |k: &str| g.get(k).filter(|v| !v.is_null());
-    let float = |k: &str| get(k).and_then(Value::as_f64).map(|x| MetaValue::F32(x as f32));
+    let float = |k: &str| {
+        get(k)
+            .and_then(Value::as_f64)
+            .map(|x| MetaValue::F32(x as f32))
+    };
     let int = |k: &str| {
         get(k)
             .and_then(Value::as_i64)
@@ -807,13 +811,16 @@ impl<'a> VocabCtx<'a> {
         }
         let mut template = None;
         if let Some(tc) = tc.as_ref().filter(|t| !t.is_empty()) {
-            let alt = match (self.files.chat_template_jinja, self.files.chat_template_json) {
-                (Some(j), _) => Some(Value::String(
-                    String::from_utf8(j.to_vec()).map_err(|_| HfMetaError::Invalid {
+            let alt = match (
+                self.files.chat_template_jinja,
+                self.files.chat_template_json,
+            ) {
+                (Some(j), _) => Some(Value::String(String::from_utf8(j.to_vec()).map_err(
+                    |_| HfMetaError::Invalid {
                         file: "chat_template.jinja",
                         msg: "not valid UTF-8".into(),
-                    })?,
-                )),
+                    },
+                )?)),
                 (None, Some(j)) => json_object("chat_template.json", j)?
                     .get("chat_template")
                     .cloned(),
@@ -876,7 +883,10 @@ impl<'a> VocabCtx<'a> {
         }
         for (typ, v) in &sv.add {
             if matches!(typ.as_str(), "bos" | "eos" | "sep") {
-                m.set(format!("tokenizer.ggml.add_{typ}_token"), MetaValue::Bool(*v));
+                m.set(
+                    format!("tokenizer.ggml.add_{typ}_token"),
+                    MetaValue::Bool(*v),
+                );
             }
         }
         match template {
@@ -888,7 +898,10 @@ impl<'a> VocabCtx<'a> {
             m.set("tokenizer.ggml.normalizer.lowercase", MetaValue::Bool(v));
         }
         if let Some(v) = strip_accents {
-            m.set("tokenizer.ggml.normalizer.strip_accents", MetaValue::Bool(v));
+            m.set(
+                "tokenizer.ggml.normalizer.strip_accents",
+                MetaValue::Bool(v),
+            );
         }
         Ok(())
     }
@@ -1003,7 +1016,11 @@ fn read_merges(tj: &Map<String, Value>) -> Result<Vec<String>, HfMetaError> {
                 let parts = pair.as_array().ok_or_else(bad)?;
                 let parts: Vec<String> = parts
                     .iter()
-                    .map(|p| p.as_str().map(|s| s.replace(' ', "\u{120}")).ok_or_else(bad))
+                    .map(|p| {
+                        p.as_str()
+                            .map(|s| s.replace(' ', "\u{120}"))
+                            .ok_or_else(bad)
+                    })
                     .collect::<Result<_, _>>()?;
                 Ok(parts.join(" "))
             })
@@ -1018,7 +1035,10 @@ fn recognise_pre(pre: Option<&Value>) -> Option<String> {
     let pre = pre?;
     let ty = pre.get("type").and_then(Value::as_str)?;
     if ty == "ByteLevel" {
-        let regex = pre.get("use_regex").and_then(Value::as_bool).unwrap_or(true);
+        let regex = pre
+            .get("use_regex")
+            .and_then(Value::as_bool)
+            .unwrap_or(true);
         return regex.then(|| "gpt-2".to_string());
     }
     if ty != "Sequence" {
@@ -1214,12 +1234,15 @@ impl SpecialVocab {
                         }
                     }
                     if !pair.is_empty() {
-                        let start = usize::from(
-                            first.is_some() && special_id(pair.first()) == first,
-                        );
+                        let start =
+                            usize::from(first.is_some() && special_id(pair.first()) == first);
                         let stop_trim = last.is_some() && special_id(pair.last()) == last;
                         let end = pair.len() - usize::from(stop_trim);
-                        let inner = if start <= end { &pair[start..end] } else { &[][..] };
+                        let inner = if start <= end {
+                            &pair[start..end]
+                        } else {
+                            &[][..]
+                        };
                         if !inner.is_empty() {
                             let seq = |e: &Value| {
                                 e.get("Sequence")
@@ -1235,9 +1258,8 @@ impl SpecialVocab {
                             {
                                 let middle = &inner[1..inner.len() - 1];
                                 let mut add_sep = false;
-                                let in_sep_eos = |x: &Option<String>| {
-                                    x.is_some() && (*x == sep || *x == eos)
-                                };
+                                let in_sep_eos =
+                                    |x: &Option<String>| x.is_some() && (*x == sep || *x == eos);
                                 let e0 = special_id(middle.first());
                                 if in_sep_eos(&e0) && last.is_none() {
                                     add_sep = true;

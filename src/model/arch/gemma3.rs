@@ -10,8 +10,8 @@
 //! llama.cpp's converter stores every norm gain as `1 + w` (undone on load, see `gguf_norm_shift`).
 
 use super::{GgufMeta, GgufOut, Json, read_gguf_common, read_hf_common};
-use crate::io::gguf_meta::HfMetaError;
 use crate::io::LoadError;
+use crate::io::gguf_meta::HfMetaError;
 use crate::model::config::{Activation, AttnKind, DecoderConfig, NormStyle};
 use crate::model::roles::Role;
 use serde_json::{Value, json};
@@ -128,7 +128,11 @@ pub(super) fn write_gguf(c: &DecoderConfig, w: &mut GgufOut) -> Result<(), HfMet
     if let Some(cap) = c.final_logit_softcapping.filter(|&x| x != 0.0) {
         w.f32("final_logit_softcapping", cap);
     }
-    let pattern_one = w.raw.find(&["sliding_window_pattern"]).and_then(Value::as_u64) == Some(1);
+    let pattern_one = w
+        .raw
+        .find(&["sliding_window_pattern"])
+        .and_then(Value::as_u64)
+        == Some(1);
     if !pattern_one && let Some(win) = c.sliding_window {
         w.u32("attention.sliding_window", win)?;
     }

@@ -2,8 +2,8 @@
 //! architecture starts from. GGUF `llama`, whose Q/K rows llama.cpp's converter permutes.
 
 use super::{GgufMeta, GgufOut, Json, hf_config_common, read_gguf_common, read_hf_common};
-use crate::io::gguf_meta::HfMetaError;
 use crate::io::LoadError;
+use crate::io::gguf_meta::HfMetaError;
 use crate::model::config::DecoderConfig;
 use serde_json::{Value, json};
 

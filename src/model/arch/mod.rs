@@ -806,8 +806,7 @@ fn write_gguf_common(
     if w.raw.find(&ff_keys).is_some() {
         w.u32("feed_forward_length", c.intermediate_size)?;
     }
-    if w
-        .raw
+    if w.raw
         .find(&["num_attention_heads", "n_head", "n_heads"])
         .is_some()
     {
@@ -825,7 +824,8 @@ fn write_gguf_common(
         None => w.raw.0.get("rope_scaling").and_then(Value::as_object),
     }
     .unwrap_or(&empty);
-    let per_kind = params.contains_key("full_attention") || params.contains_key("sliding_attention");
+    let per_kind =
+        params.contains_key("full_attention") || params.contains_key("sliding_attention");
     let top_theta = w.raw.find(&[
         "global_rope_theta",
         "rope_global_theta",
@@ -841,7 +841,10 @@ fn write_gguf_common(
         "rope_local_base_freq",
     ]);
     let present = |v: Option<&Value>| v.is_some_and(|v| !v.is_null());
-    let full = params.get("full_attention").and_then(Value::as_object).unwrap_or(params);
+    let full = params
+        .get("full_attention")
+        .and_then(Value::as_object)
+        .unwrap_or(params);
     let has_theta = present(full.get("rope_theta")) || (!per_kind && top_theta.is_some());
     let has_local = present(
         params
@@ -852,7 +855,10 @@ fn write_gguf_common(
         w.f32("rope.freq_base", c.rope_theta);
     }
     if has_local {
-        w.f32("rope.freq_base_swa", c.rope_local_theta.unwrap_or(c.rope_theta));
+        w.f32(
+            "rope.freq_base_swa",
+            c.rope_local_theta.unwrap_or(c.rope_theta),
+        );
     }
     if w.raw.find(&["rms_norm_eps", "norm_eps"]).is_some() {
         w.f32("attention.layer_norm_rms_epsilon", c.rms_norm_eps);

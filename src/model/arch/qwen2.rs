@@ -3,8 +3,8 @@
 //! permutation.
 
 use super::{GgufMeta, GgufOut, Json, read_gguf_common, read_hf_common};
-use crate::io::gguf_meta::HfMetaError;
 use crate::io::LoadError;
+use crate::io::gguf_meta::HfMetaError;
 use crate::model::config::{AttnKind, DecoderConfig};
 use serde_json::{Value, json};
 

@@ -2,8 +2,8 @@
 //! `head_dim`, no biases. GGUF `qwen3`, no Q/K permutation.
 
 use super::{GgufMeta, GgufOut, Json, qwen2, read_gguf_common, read_hf_common};
-use crate::io::gguf_meta::HfMetaError;
 use crate::io::LoadError;
+use crate::io::gguf_meta::HfMetaError;
 use crate::model::config::DecoderConfig;
 use serde_json::{Value, json};
 
