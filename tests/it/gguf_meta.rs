@@ -11,7 +11,8 @@ use std::path::Path;
 use wgtune::io::Blob;
 use wgtune::io::gguf::{Gguf, MetaValue};
 use wgtune::io::gguf_meta::{
-    HfFiles, HfMetaError, HfMetaOptions, gguf_param_count, hf_gguf_metadata, llama3_rope_freqs,
+    HfFiles, HfMetaError, HfMetaOptions, chkhsh, gguf_param_count, hf_gguf_metadata, known_pre,
+    llama3_rope_freqs,
 };
 use wgtune::io::gguf_write::{OutTensor, write_gguf};
 use wgtune::model::arch::parse_hf_config;
@@ -441,4 +442,16 @@ fn other_keys_are_caught() {
         "qwen2",
         0,
     );
+}
+
+/// The hash path on a real tokenizer: SmolLM2-135M's vocabulary (as transformers rebuilds it from
+/// the SmolLM2 GGUF, `smollm2/reference_tokenizer.json`) hashes to llama.cpp's `smollm` entry,
+/// the `tokenizer.ggml.pre` of that GGUF. The fixtures' trained tokenizers are in no table.
+#[test]
+fn chkhsh_names_smollm2() {
+    let bytes = std::fs::read(fixture("smollm2/reference_tokenizer.json")).unwrap();
+    let hash = chkhsh(&bytes).unwrap();
+    assert_eq!(known_pre(&hash), Some("smollm"), "{hash}");
+    let mistral = std::fs::read(fixture("arch/mistral/tokenizer.json")).unwrap();
+    assert_eq!(known_pre(&chkhsh(&mistral).unwrap()), None);
 }

@@ -679,16 +679,9 @@ impl<'a> VocabCtx<'a> {
     /// `get_vocab_base_pre`: the table name of the check text's hash, else the recognised
     /// pre-tokenizer, else `force_pre`.
     fn bpe_pre(&self, opts: &HfMetaOptions) -> Result<String, HfMetaError> {
-        let bytes = self.files.tokenizer_json.unwrap_or_default();
-        let tok = tokenizers::Tokenizer::from_bytes(bytes)
-            .map_err(|e| HfMetaError::Tokenizer(e.to_string()))?;
-        let enc = tok
-            .encode(pre_table::CHKTXT, true)
-            .map_err(|e| HfMetaError::Tokenizer(e.to_string()))?;
-        let ids: Vec<String> = enc.get_ids().iter().map(u32::to_string).collect();
-        let hash = sha256::sha256_hex(format!("[{}]", ids.join(", ")).as_bytes());
-        if let Some((_, name)) = pre_table::PRE_HASHES.iter().find(|(h, _)| *h == hash) {
-            return Ok((*name).to_string());
+        let hash = chkhsh(self.files.tokenizer_json.unwrap_or_default())?;
+        if let Some(name) = known_pre(&hash) {
+            return Ok(name.to_string());
         }
         if let Some(p) = &opts.force_pre {
             return Ok(p.clone());
@@ -905,6 +898,35 @@ impl<'a> VocabCtx<'a> {
         }
         Ok(())
     }
+}
+
+/// llama.cpp's `chkhsh` of a `tokenizer.json`: the sha256 (hex) of Python's `str()` of the ids
+/// the tokenizer gives the converter's check text (special tokens added, as `encode` does).
+pub fn chkhsh(tokenizer_json: &[u8]) -> Result<String, HfMetaError> {
+    if tokenizer_json.len() > MAX_TOKENIZER_JSON {
+        return Err(HfMetaError::TooLarge {
+            file: "tokenizer.json",
+            len: tokenizer_json.len(),
+            max: MAX_TOKENIZER_JSON,
+        });
+    }
+    let tok = tokenizers::Tokenizer::from_bytes(tokenizer_json)
+        .map_err(|e| HfMetaError::Tokenizer(e.to_string()))?;
+    let enc = tok
+        .encode(pre_table::CHKTXT, true)
+        .map_err(|e| HfMetaError::Tokenizer(e.to_string()))?;
+    let ids: Vec<String> = enc.get_ids().iter().map(u32::to_string).collect();
+    Ok(sha256::sha256_hex(
+        format!("[{}]", ids.join(", ")).as_bytes(),
+    ))
+}
+
+/// The `tokenizer.ggml.pre` llama.cpp's converter gives a [`chkhsh`], if its table has it.
+pub fn known_pre(hash: &str) -> Option<&'static str> {
+    pre_table::PRE_HASHES
+        .iter()
+        .find(|(h, _)| *h == hash)
+        .map(|(_, name)| *name)
 }
 
 /// Python truthiness of a JSON value.
