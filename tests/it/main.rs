@@ -12,6 +12,7 @@ mod ggml_blocks;
 mod ggml_quantize;
 mod gguf_export;
 mod gguf_merge;
+mod gguf_meta;
 mod gui;
 mod hf_fixtures;
 mod hostile_chat;

@@ -9,8 +9,9 @@
 //! `gemma3.rope.freq_base_swa` where newer converters write it, else llama.cpp's 10 000.
 //! llama.cpp's converter stores every norm gain as `1 + w` (undone on load, see `gguf_norm_shift`).
 
-use super::{GgufMeta, Json, read_gguf_common, read_hf_common};
+use super::{GgufMeta, GgufOut, Json, read_gguf_common, read_hf_common};
 use crate::io::LoadError;
+use crate::io::gguf_meta::HfMetaError;
 use crate::model::config::{Activation, AttnKind, DecoderConfig, NormStyle};
 use crate::model::roles::Role;
 use serde_json::{Value, json};
@@ -110,6 +111,32 @@ pub(super) fn read_gguf(m: &GgufMeta) -> Result<DecoderConfig, LoadError> {
     c.query_pre_attn_scalar = Some(scalar as f64);
     c.final_logit_softcapping = m.opt_f64("final_logit_softcapping")?;
     Ok(c)
+}
+
+/// llama.cpp's `Gemma3Model.set_gguf_parameters` after the common keys: it re-adds context
+/// length, head count, epsilon, key/value length and RoPE base (in place when the common pass
+/// wrote them, else appended), then the final softcap (when non-zero), the sliding window
+/// (unless `sliding_window_pattern` is 1) and the KV head count. No pattern key and no
+/// `query_pre_attn_scalar`: llama.cpp hard-codes both (see [`read_gguf`]).
+pub(super) fn write_gguf(c: &DecoderConfig, w: &mut GgufOut) -> Result<(), HfMetaError> {
+    w.u32("context_length", c.max_position_embeddings)?;
+    w.u32("attention.head_count", c.num_attention_heads)?;
+    w.f32("attention.layer_norm_rms_epsilon", c.rms_norm_eps);
+    w.u32("attention.key_length", c.head_dim)?;
+    w.u32("attention.value_length", c.head_dim)?;
+    w.f32("rope.freq_base", c.rope_theta);
+    if let Some(cap) = c.final_logit_softcapping.filter(|&x| x != 0.0) {
+        w.f32("final_logit_softcapping", cap);
+    }
+    let pattern_one = w
+        .raw
+        .find(&["sliding_window_pattern"])
+        .and_then(Value::as_u64)
+        == Some(1);
+    if !pattern_one && let Some(win) = c.sliding_window {
+        w.u32("attention.sliding_window", win)?;
+    }
+    w.u32("attention.head_count_kv", c.num_key_value_heads)
 }
 
 /// `config.json` for `Gemma3ForCausalLM`.

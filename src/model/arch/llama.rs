@@ -1,8 +1,9 @@
 //! Llama (`LlamaForCausalLM`; SmolLM2, TinyLlama, Llama 3.x): the plain decoder every other
 //! architecture starts from. GGUF `llama`, whose Q/K rows llama.cpp's converter permutes.
 
-use super::{GgufMeta, Json, hf_config_common, read_gguf_common, read_hf_common};
+use super::{GgufMeta, GgufOut, Json, hf_config_common, read_gguf_common, read_hf_common};
 use crate::io::LoadError;
+use crate::io::gguf_meta::HfMetaError;
 use crate::model::config::DecoderConfig;
 use serde_json::{Value, json};
 
@@ -22,6 +23,14 @@ pub(super) fn require_plain(j: &Json) -> Result<(), LoadError> {
 /// `llama.*` hyper-parameters (also what a converted Mistral carries).
 pub(super) fn read_gguf(m: &GgufMeta) -> Result<DecoderConfig, LoadError> {
     read_gguf_common(m, super::Arch::Llama)
+}
+
+/// What llama.cpp's `LlamaModel.set_gguf_parameters` adds to the common keys (also for Mistral):
+/// `vocab_size` and `rope.dimension_count`. Llama-3 RoPE scaling is no key but a `rope_freqs`
+/// tensor (`crate::io::gguf_meta::llama3_rope_freqs`).
+pub(super) fn write_gguf(c: &DecoderConfig, w: &mut GgufOut) -> Result<(), HfMetaError> {
+    w.u32("vocab_size", c.vocab_size)?;
+    w.u32("rope.dimension_count", c.head_dim)
 }
 
 /// `config.json` for `LlamaForCausalLM`.

@@ -14,6 +14,7 @@ use super::config::{AttnKind, DecoderConfig, RopeScaling};
 use super::roles::Role;
 use crate::io::LoadError;
 use crate::io::gguf::{Gguf, GgufError, MetaValue};
+use crate::io::gguf_meta::{HfMetaError, MetaList};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -116,6 +117,32 @@ impl Arch {
             Arch::Qwen2 => qwen2::hf_config(c),
             Arch::Qwen3 => qwen3::hf_config(c),
             Arch::Gemma3 => gemma3::hf_config(c),
+        }
+    }
+
+    /// The `{arch}.*` hyper-parameters and `general.file_type` that llama.cpp's
+    /// `convert_hf_to_gguf.py` writes for this HF model, in its order (the inverse of
+    /// [`Self::read_gguf`]): `TextModel.set_gguf_parameters`, then the architecture's additions.
+    /// Values come from `c`; `raw` (the model's `config.json`) decides which optional keys the
+    /// converter writes, since it writes some only when the config names them.
+    pub fn write_gguf_hparams(
+        self,
+        c: &DecoderConfig,
+        raw: &Value,
+        file_type: u32,
+        m: &mut MetaList,
+    ) -> Result<(), HfMetaError> {
+        let mut w = GgufOut {
+            m,
+            arch: self.gguf_arch(),
+            raw: HfRaw(raw),
+        };
+        write_gguf_common(c, &mut w, file_type)?;
+        match self {
+            Arch::Llama | Arch::Mistral => llama::write_gguf(c, &mut w),
+            Arch::Qwen2 => qwen2::write_gguf(c, &mut w),
+            Arch::Qwen3 => qwen3::write_gguf(c, &mut w),
+            Arch::Gemma3 => gemma3::write_gguf(c, &mut w),
         }
     }
 
@@ -703,4 +730,150 @@ fn read_gguf_common(m: &GgufMeta, arch: Arch) -> Result<DecoderConfig, LoadError
         c.stop_token_ids.push(eot);
     }
     Ok(c)
+}
+
+/// A `config.json` as llama.cpp's converter looks keys up in it (`find_hparam`, `hparams.get`).
+pub(crate) struct HfRaw<'a>(&'a Value);
+
+impl HfRaw<'_> {
+    /// `find_hparam(keys, optional=True)`: the value of the first key present (null included).
+    fn find(&self, keys: &[&str]) -> Option<&Value> {
+        keys.iter()
+            .find_map(|k| self.0.get(*k))
+            .filter(|v| !v.is_null())
+    }
+
+    /// `hparams.get(key) is not None`.
+    fn has(&self, key: &str) -> bool {
+        self.find(&[key]).is_some()
+    }
+}
+
+/// Where an architecture writes its GGUF hyper-parameters.
+pub(crate) struct GgufOut<'a> {
+    m: &'a mut MetaList,
+    arch: &'static str,
+    raw: HfRaw<'a>,
+}
+
+impl GgufOut<'_> {
+    fn key(&self, k: &str) -> String {
+        format!("{}.{k}", self.arch)
+    }
+
+    /// gguf-py `add_uint32` of `{arch}.k`.
+    fn u32(&mut self, k: &str, v: usize) -> Result<(), HfMetaError> {
+        let key = self.key(k);
+        self.m.set_u32(key, v)
+    }
+
+    /// gguf-py `add_float32` of `{arch}.k`.
+    fn f32(&mut self, k: &str, v: f64) {
+        let key = self.key(k);
+        self.m.set(key, MetaValue::F32(v as f32));
+    }
+}
+
+/// `TextModel.set_gguf_parameters` for the keys wgtune's architectures can have, ending with
+/// `general.file_type`.
+fn write_gguf_common(
+    c: &DecoderConfig,
+    w: &mut GgufOut,
+    file_type: u32,
+) -> Result<(), HfMetaError> {
+    w.u32("block_count", c.num_hidden_layers)?;
+    let ctx_keys = [
+        "max_position_embeddings",
+        "n_ctx",
+        "n_positions",
+        "max_length",
+        "max_sequence_length",
+        "model_max_length",
+    ];
+    if w.raw.find(&ctx_keys).is_some() {
+        w.u32("context_length", c.max_position_embeddings)?;
+    }
+    if w.raw.find(&["hidden_size", "n_embd", "dim"]).is_some() {
+        w.u32("embedding_length", c.hidden_size)?;
+    }
+    let ff_keys = [
+        "prefix_dense_intermediate_size",
+        "dense_intermediate_size",
+        "intermediate_size",
+        "n_inner",
+        "hidden_dim",
+    ];
+    if w.raw.find(&ff_keys).is_some() {
+        w.u32("feed_forward_length", c.intermediate_size)?;
+    }
+    if w.raw
+        .find(&["num_attention_heads", "n_head", "n_heads"])
+        .is_some()
+    {
+        w.u32("attention.head_count", c.num_attention_heads)?;
+    }
+    if w.raw.find(&["num_key_value_heads", "n_kv_heads"]).is_some() {
+        w.u32("attention.head_count_kv", c.num_key_value_heads)?;
+    }
+    // `TextModel.__init__`'s `rope_parameters`, mirrored from the top-level keys when the config
+    // has no per-layer-kind dict. (llama3 scaling becomes a `rope_freqs` tensor, not a key;
+    // other scaling types are refused when the config is parsed.)
+    let empty = serde_json::Map::new();
+    let params = match w.raw.0.get("rope_parameters") {
+        Some(p) => p.as_object(),
+        None => w.raw.0.get("rope_scaling").and_then(Value::as_object),
+    }
+    .unwrap_or(&empty);
+    let per_kind =
+        params.contains_key("full_attention") || params.contains_key("sliding_attention");
+    let top_theta = w.raw.find(&[
+        "global_rope_theta",
+        "rope_global_theta",
+        "rope_theta_global",
+        "rope_theta",
+        "rotary_emb_base",
+    ]);
+    let local_theta = w.raw.find(&[
+        "local_rope_theta",
+        "rope_local_theta",
+        "rope_theta_local",
+        "swa_rope_theta",
+        "rope_local_base_freq",
+    ]);
+    let present = |v: Option<&Value>| v.is_some_and(|v| !v.is_null());
+    let full = params
+        .get("full_attention")
+        .and_then(Value::as_object)
+        .unwrap_or(params);
+    let has_theta = present(full.get("rope_theta")) || (!per_kind && top_theta.is_some());
+    let has_local = present(
+        params
+            .get("sliding_attention")
+            .and_then(|s| s.get("rope_theta")),
+    ) || (!per_kind && local_theta.is_some());
+    if has_theta {
+        w.f32("rope.freq_base", c.rope_theta);
+    }
+    if has_local {
+        w.f32(
+            "rope.freq_base_swa",
+            c.rope_local_theta.unwrap_or(c.rope_theta),
+        );
+    }
+    if w.raw.find(&["rms_norm_eps", "norm_eps"]).is_some() {
+        w.f32("attention.layer_norm_rms_epsilon", c.rms_norm_eps);
+    }
+    if let Some(eps) = w
+        .raw
+        .find(&["layer_norm_eps", "layer_norm_epsilon", "norm_epsilon"])
+        .and_then(Value::as_f64)
+    {
+        w.f32("attention.layer_norm_epsilon", eps);
+    }
+    if w.raw.has("head_dim") {
+        w.u32("attention.key_length", c.head_dim)?;
+        w.u32("attention.value_length", c.head_dim)?;
+    }
+    w.m.set("general.file_type", MetaValue::U32(file_type));
+    Ok(())
 }

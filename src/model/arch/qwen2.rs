@@ -2,8 +2,9 @@
 //! optional sliding window on the layers from `max_window_layers` on. GGUF `qwen2`, no Q/K
 //! permutation.
 
-use super::{GgufMeta, Json, read_gguf_common, read_hf_common};
+use super::{GgufMeta, GgufOut, Json, read_gguf_common, read_hf_common};
 use crate::io::LoadError;
+use crate::io::gguf_meta::HfMetaError;
 use crate::model::config::{AttnKind, DecoderConfig};
 use serde_json::{Value, json};
 
@@ -48,6 +49,13 @@ pub(super) fn read_gguf(m: &GgufMeta) -> Result<DecoderConfig, LoadError> {
     let mut c = read_gguf_common(m, super::Arch::Qwen2)?;
     c.qkv_bias = true;
     Ok(c)
+}
+
+/// llama.cpp's `Qwen2Model.set_gguf_parameters` adds nothing to the common keys for a causal LM
+/// (its pooling type is for embedding models). The window is not written: llama.cpp's `qwen2`
+/// has none.
+pub(super) fn write_gguf(_c: &DecoderConfig, _w: &mut GgufOut) -> Result<(), HfMetaError> {
+    Ok(())
 }
 
 /// The Qwen `config.json` fields both generations share.

@@ -1,8 +1,9 @@
 //! Qwen3 (`Qwen3ForCausalLM`): per-head RMSNorm of queries and keys before RoPE, explicit
 //! `head_dim`, no biases. GGUF `qwen3`, no Q/K permutation.
 
-use super::{GgufMeta, Json, qwen2, read_gguf_common, read_hf_common};
+use super::{GgufMeta, GgufOut, Json, qwen2, read_gguf_common, read_hf_common};
 use crate::io::LoadError;
+use crate::io::gguf_meta::HfMetaError;
 use crate::model::config::DecoderConfig;
 use serde_json::{Value, json};
 
@@ -21,6 +22,11 @@ pub(super) fn read_gguf(m: &GgufMeta) -> Result<DecoderConfig, LoadError> {
     let mut c = read_gguf_common(m, super::Arch::Qwen3)?;
     c.qk_norm = true;
     Ok(c)
+}
+
+/// llama.cpp's `Qwen3Model` writes what `Qwen2Model` writes (rerankers aside).
+pub(super) fn write_gguf(c: &DecoderConfig, w: &mut GgufOut) -> Result<(), HfMetaError> {
+    qwen2::write_gguf(c, w)
 }
 
 /// `config.json` for `Qwen3ForCausalLM`.
