@@ -98,12 +98,21 @@ pub fn parse_settings(script: &str) -> Result<serde_json::Map<String, Value>, St
         let (name, rest) = line
             .split_once(" = ")
             .ok_or_else(|| format!("not a setting: {line}"))?;
-        // The comment starts after the literal's last string, if it has one.
-        let after = rest.rfind('"').unwrap_or(0);
-        let literal = match rest[after..].find("  # ") {
-            Some(i) => &rest[..after + i],
-            None => rest,
-        };
+        // The comment is the first `#` outside a string literal.
+        let (mut in_str, mut escaped, mut cut) = (false, false, rest.len());
+        for (i, c) in rest.char_indices() {
+            match (in_str, escaped, c) {
+                (true, true, _) => escaped = false,
+                (true, false, '\\') => escaped = true,
+                (_, false, '"') => in_str = !in_str,
+                (false, _, '#') => {
+                    cut = i;
+                    break;
+                }
+                _ => {}
+            }
+        }
+        let literal = &rest[..cut];
         out.insert(name.to_string(), from_python(literal.trim())?);
     }
     Ok(out)
@@ -545,11 +554,20 @@ mod tests {
             json!(2e-4),
             json!(16.0),
             json!("a \"b\" \\ c # d"),
+            json!(["x # \"y\"", "z"]),
             json!(["q_proj", "v_proj"]),
         ] {
             assert_eq!(from_python(&python_literal(&v)).unwrap(), v, "{v}");
         }
         assert_eq!(python_literal(&json!(16.0)), "16.0");
         assert_eq!(python_literal(&json!(false)), "False");
+        let script = format!(
+            "x\n{SETTINGS_BEGIN}\nA = \"a # b\"  # say \"hi\"\nB = None  # \"nf4\" or None\n# note\n{SETTINGS_END}\n"
+        );
+        let s = parse_settings(&script).unwrap();
+        assert_eq!(
+            (s["A"].clone(), s["B"].clone()),
+            (json!("a # b"), json!(null))
+        );
     }
 }
