@@ -32,12 +32,9 @@ except ImportError as e:
 IGNORE = -100
 STATE = PartialState()
 MAIN = STATE.is_main_process
-# Environment overrides for quick checks (the fixture generator runs 2 steps on a CPU with them).
-STEPS = int(os.environ.get("WGTUNE_TRL_STEPS", STEPS)) if os.environ.get("WGTUNE_TRL_STEPS") else STEPS
+# Environment overrides for quick checks (tests/fixtures/gen_trl.py): where the adapter goes, and
+# WGTUNE_TRL_DUMP=FILE writes the formatted examples as JSON.
 OUTPUT_DIR = os.environ.get("WGTUNE_TRL_OUT", OUTPUT_DIR)
-if IS_PAR:
-    SFT_STEPS = int(os.environ.get("WGTUNE_TRL_SFT_STEPS", SFT_STEPS)) if os.environ.get("WGTUNE_TRL_SFT_STEPS") else SFT_STEPS
-    RL_STEPS = int(os.environ.get("WGTUNE_TRL_RL_STEPS", RL_STEPS)) if os.environ.get("WGTUNE_TRL_RL_STEPS") else RL_STEPS
 
 
 def log(msg):
@@ -762,11 +759,12 @@ def run_par():
     if not sft1 or not rl:
         fail(f"lora-par needs examples of both systems (System 1: {len(sft1)}, System 2 for training: {len(rl)})")
 
+    if QUANTIZE == "nf4":
+        from peft import prepare_model_for_kbit_training
+
+        base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=GRADIENT_CHECKPOINTING)
     torch.manual_seed(SEED)
-    model = get_peft_model(base, adapter_config()) if not QUANTIZE else get_peft_model(
-        __import__("peft").prepare_model_for_kbit_training(base, use_gradient_checkpointing=GRADIENT_CHECKPOINTING),
-        adapter_config(),
-    )
+    model = get_peft_model(base, adapter_config())
     masks = load_stage_masks(model)
     bs, accum = max(BATCH_SIZE, 1), max(GRAD_ACCUM, 1)
     sft_steps = SFT_STEPS if SFT_STEPS is not None else -(-len(sft1) // (bs * accum))
