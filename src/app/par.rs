@@ -1,7 +1,7 @@
 //! `wgtune train --method lora-par | qlora-par`: the file side of LoRA-PAR. Reads the data
 //! (one file with labels / votes / the heuristic, or `--data` = System 1 and `--rl-data` =
 //! System 2), writes `OUT/par_split.jsonl`, computes importance and the partition
-//! (`OUT/par_masks.safetensors`, `OUT/par_report.json`), runs stage 1 (SFT) and stage 2 (GRPO)
+//! (`OUT/par_masks.safetensors`, `OUT/par_stage_masks.safetensors`, `OUT/par_report.json`), runs stage 1 (SFT) and stage 2 (GRPO)
 //! with one line per step in `OUT/metrics.jsonl`, and saves the peft LoRA adapter.
 
 use super::cli::{load, pick_backend};
@@ -9,6 +9,7 @@ use super::files::{model_source, read_blob, write_atomic};
 use super::run_dir::{MetricsLog, RunLock};
 use super::train::{TrainControl, write_adapter};
 use crate::adapters;
+use crate::adapters::mask::ElementMasks;
 use crate::model::loader::{LoadedModel, load_model};
 use crate::par::classify::{
     self, DEFAULT_TEMPLATES, LabelSource, Labelled, ModelVoter, data_label, heuristic, vote,
@@ -370,6 +371,23 @@ pub fn cmd_train_par(run: RunConfig, ctl: &TrainControl) -> Result<()> {
     write_atomic(
         &out.join("par_masks.safetensors"),
         &masks.to_safetensors().map_err(anyhow::Error::msg)?,
+    )?;
+    // Which elements each stage updates (bit 0: stage 1, bit 1: stage 2), for `wgtune export
+    // --format trl`, whose script applies them as gradient hooks; equal to the codes above when
+    // alpha = beta = 1.
+    let stage_codes = ElementMasks {
+        tensors: active1
+            .iter()
+            .zip(&active2)
+            .map(|((k, shape, a1), (_, _, a2))| {
+                let codes = a1.iter().zip(a2).map(|(&x, &y)| x as u8 | (y as u8) << 1);
+                (k.clone(), *shape, codes.collect())
+            })
+            .collect(),
+    };
+    write_atomic(
+        &out.join("par_stage_masks.safetensors"),
+        &stage_codes.to_safetensors().map_err(anyhow::Error::msg)?,
     )?;
     write_atomic(
         &out.join("par_report.json"),

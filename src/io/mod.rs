@@ -11,6 +11,7 @@ pub mod hf;
 pub mod peft;
 pub mod safetensors;
 pub mod tokenizer;
+pub mod trl_script;
 
 use std::sync::Arc;
 

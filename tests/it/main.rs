@@ -26,4 +26,5 @@ mod peft_fixtures;
 mod session;
 mod smollm2;
 mod train_cli;
+mod trl_export;
 mod vocab_shards;
