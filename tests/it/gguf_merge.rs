@@ -216,3 +216,52 @@ fn merged_gguf_round_trips_with_adapter_logits() {
         }
     }
 }
+
+/// From the HF folder of each architecture fixture (the folder llama.cpp's converter turned into
+/// `model.gguf`), `merge --format gguf` writes the same tensors, byte for byte, and the same
+/// metadata as from the GGUF base (but `general.name`), and the file loads with the adapter-on
+/// logits.
+#[test]
+fn hf_base_merges_to_the_same_gguf_as_the_gguf_base() {
+    use wgtune::app::merge::merge_to_gguf;
+    let tmp = tempfile::tempdir().unwrap();
+    for case in ["mistral", "qwen2", "qwen3", "gemma3"] {
+        let adapter = fixture(&format!("arch/{case}/peft/lora/adapter"));
+        let from_gguf = tmp.path().join(format!("{case}-gguf.gguf"));
+        let from_hf = tmp.path().join(format!("{case}-hf.gguf"));
+        merge_to_gguf(&fixture(&format!("arch/{case}/model.gguf")), None, &adapter, &from_gguf, Mix::Same)
+            .unwrap();
+        merge_to_gguf(&fixture(&format!("arch/{case}")), None, &adapter, &from_hf, Mix::Same).unwrap();
+        let (a, b) = (std::fs::read(&from_gguf).unwrap(), std::fs::read(&from_hf).unwrap());
+        let (ga, gb) = (Gguf::parse(&a).unwrap(), Gguf::parse(&b).unwrap());
+        let names = |g: &Gguf| g.tensors.iter().map(|t| t.name.clone()).collect::<Vec<_>>();
+        assert_eq!(names(&ga), names(&gb), "{case}: tensor list");
+        for (ta, tb) in ga.tensors.iter().zip(&gb.tensors) {
+            assert_eq!((ta.ty().unwrap(), &ta.dims), (tb.ty().unwrap(), &tb.dims), "{case} {}", ta.name);
+            assert!(
+                ga.tensor_bytes(&a, ta).unwrap() == gb.tensor_bytes(&b, tb).unwrap(),
+                "{case}: {} differs between the HF and the GGUF base",
+                ta.name
+            );
+        }
+        // `general.name`: the fixture's converter run was given the lower-case case name; from a
+        // folder wgtune titles its name as the converter does without --model-name.
+        let meta = |g: &Gguf| {
+            let mut m = g.metadata_in_order();
+            m.retain(|(k, _)| k != "general.name");
+            m
+        };
+        let (ma, mb) = (meta(&ga), meta(&gb));
+        let keys = |m: &[(String, wgtune::io::gguf::MetaValue)]| {
+            m.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>()
+        };
+        assert_eq!(keys(&ma), keys(&mb), "{case}: metadata keys");
+        for ((k, va), (_, vb)) in ma.iter().zip(&mb) {
+            assert!(va == vb, "{case}: metadata {k} differs");
+        }
+        let ids = crate::peft_fixtures::batch_of(&format!("arch/{case}")).input_ids;
+        let want = gguf_logits(&fixture(&format!("arch/{case}/model.gguf")), Some(&adapter), &ids);
+        let diff = max_abs_diff(&gguf_logits(&from_hf, None, &ids), &want);
+        assert!(diff <= 2e-5, "{case}: logits differ by {diff}");
+    }
+}
