@@ -265,3 +265,45 @@ fn hf_base_merges_to_the_same_gguf_as_the_gguf_base() {
         assert!(diff <= 2e-5, "{case}: logits differ by {diff}");
     }
 }
+
+/// Bad requests through the binary: a full disk leaves nothing at the target path (an existing
+/// file there stays as it was) and says so; `--quant` without `--format gguf`, an unknown mix and
+/// an OFT adapter as a GGUF adapter are one-line errors.
+#[test]
+fn merge_gguf_bad_input_is_clean() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = fixture("arch/qwen2/model.gguf");
+    let (base, lora) = (
+        base.to_str().unwrap(),
+        fixture("arch/qwen2/peft/lora/adapter"),
+    );
+    let lora = lora.to_str().unwrap();
+    let out = tmp.path().join("merged.gguf");
+    std::fs::write(&out, b"previous").unwrap();
+    let o = wgtune_with(
+        &[
+            "merge", "--model", base, "--adapter", lora, "--format", "gguf", "--out",
+            out.to_str().unwrap(),
+        ],
+        Limit::FileSize(16 << 10),
+    );
+    assert_clean_failure(&o, "full disk", &["merged.gguf"]);
+    assert_eq!(std::fs::read(&out).unwrap(), b"previous");
+    let leftovers: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().collect();
+    assert_eq!(leftovers.len(), 1, "temp files left: {leftovers:?}");
+
+    let o = wgtune_limited(
+        &["merge", "--model", base, "--adapter", lora, "--out", "x", "--quant", "q8_0"],
+        HOSTILE_AS_LIMIT,
+    );
+    assert_clean_failure(&o, "--quant with hf", &["--quant q8_0 needs --format gguf"]);
+    let o = wgtune_limited(
+        &[
+            "merge", "--model", base, "--adapter", lora, "--out", "x", "--format", "gguf",
+            "--quant", "q3_k",
+        ],
+        HOSTILE_AS_LIMIT,
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("unknown quantization `q3_k`") && err.contains("q4_k_m"), "{err}");
+}
