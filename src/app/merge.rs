@@ -165,7 +165,7 @@ fn gguf_values(
     if role.is_norm() && shift != 0.0 {
         v.iter_mut().for_each(|x| *x += shift);
     }
-    let dims = if role.is_norm() || shape[0] == 1 {
+    let dims = if role.is_vector() {
         vec![v.len() as u64]
     } else {
         vec![shape[1] as u64, shape[0] as u64]

@@ -332,11 +332,16 @@ impl Decoder {
         out
     }
 
-    /// Every weight tensor by HF name with its HF shape, as [`Decoder::role_weights`] lists them.
+    /// Every weight tensor by HF name with its HF shape (`[n]` for vectors, which come as
+    /// `[1, n]` tensors), as [`Decoder::role_weights`] lists them.
     pub fn named_weights(&self) -> Vec<(String, Vec<usize>, Tensor<2>)> {
         self.role_weights()
             .into_iter()
-            .map(|(r, l, t)| (self.config.arch.hf_name(r, l), t.dims().to_vec(), t))
+            .map(|(r, l, t)| {
+                let [rows, cols] = t.dims();
+                let shape = if r.is_vector() { vec![cols] } else { vec![rows, cols] };
+                (self.config.arch.hf_name(r, l), shape, t)
+            })
             .collect()
     }
 

@@ -61,6 +61,12 @@ impl Role {
         )
     }
 
+    /// Whether the role is a vector (a norm gain or a bias) rather than a matrix.
+    pub fn is_vector(self) -> bool {
+        use Role::*;
+        self.is_norm() || matches!(self, AttnQBias | AttnKBias | AttnVBias)
+    }
+
     /// The HF name in the Llama convention: the whole name for model-level roles, the part after
     /// `model.layers.N.` for block roles. Sandwich norms carry Gemma's names (no other family has them).
     pub fn hf_default(self) -> &'static str {
