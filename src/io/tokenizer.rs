@@ -586,6 +586,7 @@ pub(crate) mod tests {
     fn gguf(meta: Vec<(&str, MetaValue)>) -> Gguf {
         Gguf {
             version: 3,
+            key_order: meta.iter().map(|(k, _)| k.to_string()).collect(),
             metadata: meta
                 .into_iter()
                 .map(|(k, v)| (k.to_string(), v))
