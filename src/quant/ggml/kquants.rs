@@ -34,7 +34,7 @@ const fn k_scheme(
 
 /// ggml `get_scale_min_k4`: the 6-bit scale and min of sub-block `j` (0..8) from the 12 packed
 /// bytes of Q4_K / Q5_K.
-fn scale_min_k4(j: usize, q: &[u8; 12]) -> (u8, u8) {
+pub(super) fn scale_min_k4(j: usize, q: &[u8; 12]) -> (u8, u8) {
     if j < 4 {
         (q[j] & 63, q[j + 4] & 63)
     } else {
