@@ -100,7 +100,7 @@ fn fixture_blocks_use_the_code_range() {
 }
 
 /// The cases of `ggml_kquantize/kquantize.safetensors` (`gen_ggml_kquantize.py`).
-const K_CASES: [&str; 12] = [
+const K_CASES: [&str; 13] = [
     "normal",
     "subscales",
     "heavy",
@@ -113,6 +113,7 @@ const K_CASES: [&str; 12] = [
     "huge",
     "grid",
     "real",
+    "ties",
 ];
 const K_TYPES: [GgmlType; 3] = [GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K];
 
