@@ -114,7 +114,7 @@ pub struct BlockQ3K {
 
 impl BlockQ3K {
     /// The 16 six-bit scales (ggml's `kmask1` / `kmask2` shuffle of the 12 bytes).
-    fn six_bit_scales(&self) -> [u8; 16] {
+    pub(super) fn six_bit_scales(&self) -> [u8; 16] {
         const KMASK1: u32 = 0x0303_0303;
         const KMASK2: u32 = 0x0f0f_0f0f;
         let word = |k: usize| u32::from_le_bytes(array_at(&self.scales, 4 * k));

@@ -8,8 +8,8 @@
 //! Every block type first unpacks into [`Unpacked`] — one unsigned integer code per value plus
 //! the scales that apply to it — and its values follow from the type's [`CodeScheme`] with the
 //! float operations ggml (and the `gguf` Python package) perform, in the same order, so results
-//! are bit-identical to theirs. [`quantize`] goes the other way for the float, legacy and Q4_K /
-//! Q5_K / Q6_K types ([`Quantize`]). The GPU layout (`kernels::qmatmul`) re-lays the same codes and
+//! are bit-identical to theirs. [`quantize`] goes the other way for the float, legacy and K-quant
+//! types ([`Quantize`]). The GPU layout (`kernels::qmatmul`) re-lays the same codes and
 //! scales, so the fused kernel decodes the same values.
 
 use half::f16;
@@ -47,12 +47,6 @@ pub enum GgmlError {
     /// A float type asked for block codes.
     #[error("{ty} is a float type, not blocks of codes")]
     NotBlocks {
-        /// The ggml type name.
-        ty: &'static str,
-    },
-    /// Quantizing to a type wgtune has no quantizer for (yet).
-    #[error("quantizing to {ty} is not supported")]
-    NoQuantizer {
         /// The ggml type name.
         ty: &'static str,
     },
@@ -546,10 +540,9 @@ fn quantize_blocks<B: Quantize>(values: &[f32], out: &mut [u8]) {
 /// Encodes `values` (rows back to back; the length a multiple of the block size) as type `ty`,
 /// byte for byte as ggml's reference quantizers do: F32 as is, F16 rounded to nearest even, BF16
 /// by [`f32_to_bf16_bits`], the legacy blocks as `quantize_row_q{4_0,4_1,5_0,5_1,8_0}_ref` (and
-/// gguf-py's `gguf.quants.quantize`), Q4_K, Q5_K and Q6_K as `quantize_row_q{4,5,6}_K_ref` —
-/// what `llama_model_quantize` writes without an importance matrix. Q2_K and Q3_K have no
-/// quantizer ([`GgmlError::NoQuantizer`]); a length that does not fill whole blocks is
-/// [`GgmlError::PartialBlock`].
+/// gguf-py's `gguf.quants.quantize`), the K-quants Q2_K … Q6_K as
+/// `quantize_row_q{2,3,4,5,6}_K_ref` — what `llama_model_quantize` writes without an importance
+/// matrix. A length that does not fill whole blocks is [`GgmlError::PartialBlock`].
 ///
 /// Where the two legacy references disagree, on the sign of a zero scale, this follows gguf-py's
 /// `argmax` for Q4_0 / Q5_0 (an all-zero block takes its first value's sign) and ggml for the
@@ -558,9 +551,6 @@ fn quantize_blocks<B: Quantize>(values: &[f32], out: &mut [u8]) {
 pub fn quantize(ty: GgmlType, values: &[f32]) -> Result<Vec<u8>, GgmlError> {
     use kquants::*;
     use legacy::*;
-    if matches!(ty, GgmlType::Q2_K | GgmlType::Q3_K) {
-        return Err(GgmlError::NoQuantizer { ty: ty.name() });
-    }
     let mut out = vec![0u8; ty.row_bytes(values.len())?];
     match ty {
         GgmlType::F32 => put_each(&mut out, values, f32::to_le_bytes),
@@ -571,11 +561,11 @@ pub fn quantize(ty: GgmlType, values: &[f32]) -> Result<Vec<u8>, GgmlError> {
         GgmlType::Q5_0 => quantize_blocks::<BlockQ5_0>(values, &mut out),
         GgmlType::Q5_1 => quantize_blocks::<BlockQ5_1>(values, &mut out),
         GgmlType::Q8_0 => quantize_blocks::<BlockQ8_0>(values, &mut out),
+        GgmlType::Q2_K => quantize_blocks::<BlockQ2K>(values, &mut out),
+        GgmlType::Q3_K => quantize_blocks::<BlockQ3K>(values, &mut out),
         GgmlType::Q4_K => quantize_blocks::<BlockQ4K>(values, &mut out),
         GgmlType::Q5_K => quantize_blocks::<BlockQ5K>(values, &mut out),
         GgmlType::Q6_K => quantize_blocks::<BlockQ6K>(values, &mut out),
-        // Returned NoQuantizer above.
-        GgmlType::Q2_K | GgmlType::Q3_K => {}
     }
     Ok(out)
 }
@@ -715,13 +705,6 @@ mod tests {
 
     #[test]
     fn quantize_errors_name_the_type() {
-        let err = quantize(GgmlType::Q3_K, &[0.0; 256]).unwrap_err();
-        assert_eq!(err, GgmlError::NoQuantizer { ty: "Q3_K" });
-        assert!(err.to_string().contains("Q3_K"), "{err}");
-        assert!(matches!(
-            quantize(GgmlType::Q2_K, &[]),
-            Err(GgmlError::NoQuantizer { .. })
-        ));
         let err = quantize(GgmlType::Q5_1, &[1.0; 48]).unwrap_err();
         assert_eq!(
             err,
