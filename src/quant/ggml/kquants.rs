@@ -34,7 +34,7 @@ const fn k_scheme(
 
 /// ggml `get_scale_min_k4`: the 6-bit scale and min of sub-block `j` (0..8) from the 12 packed
 /// bytes of Q4_K / Q5_K.
-fn scale_min_k4(j: usize, q: &[u8; 12]) -> (u8, u8) {
+pub(super) fn scale_min_k4(j: usize, q: &[u8; 12]) -> (u8, u8) {
     if j < 4 {
         (q[j] & 63, q[j + 4] & 63)
     } else {
@@ -114,7 +114,7 @@ pub struct BlockQ3K {
 
 impl BlockQ3K {
     /// The 16 six-bit scales (ggml's `kmask1` / `kmask2` shuffle of the 12 bytes).
-    fn six_bit_scales(&self) -> [u8; 16] {
+    pub(super) fn six_bit_scales(&self) -> [u8; 16] {
         const KMASK1: u32 = 0x0303_0303;
         const KMASK2: u32 = 0x0f0f_0f0f;
         let word = |k: usize| u32::from_le_bytes(array_at(&self.scales, 4 * k));

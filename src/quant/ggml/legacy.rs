@@ -7,7 +7,7 @@
 //! `ggml-quants.c`, which gguf-py's numpy quantizers reproduce): the same f32 operations in the
 //! same order, f16 scales rounded to nearest even, codes truncated and clamped as ggml does.
 
-use super::{Block, CodeScheme, Unpacked, array_at, f16_at};
+use super::{Block, CodeScheme, Quantize, Unpacked, array_at, f16_at};
 use half::f16;
 
 /// The codes of 16 packed nibble bytes: value j from the low nibble of byte j, j + 16 from its
@@ -64,15 +64,6 @@ fn quantize_with_min(x: &[f32], bits: u32) -> (f16, f16, [u8; 32]) {
     let id = inverse(d);
     let codes = std::array::from_fn(|j| trunc_code((x[j] - min) * id + 0.5, top));
     (f16::from_f32(d), f16::from_f32(min), codes)
-}
-
-/// A block type with ggml's reference quantizer.
-pub trait Quantize: Block {
-    /// Quantizes one block of `SCHEME.values` values (`x.len()` must be that) as ggml's
-    /// `quantize_row_*_ref` does.
-    fn quantize(x: &[f32]) -> Self;
-    /// Writes the block in ggml's little-endian layout into `out` (`BYTES` long).
-    fn write(&self, out: &mut [u8]);
 }
 
 /// ggml `block_q4_0`: 32 values `(nibble - 8) · d`.

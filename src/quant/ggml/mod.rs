@@ -8,12 +8,14 @@
 //! Every block type first unpacks into [`Unpacked`] — one unsigned integer code per value plus
 //! the scales that apply to it — and its values follow from the type's [`CodeScheme`] with the
 //! float operations ggml (and the `gguf` Python package) perform, in the same order, so results
-//! are bit-identical to theirs. [`quantize`] goes the other way for the float and legacy types. The GPU layout (`kernels::qmatmul`) re-lays the same codes and
+//! are bit-identical to theirs. [`quantize`] goes the other way for the float, legacy and K-quant
+//! types ([`Quantize`]). The GPU layout (`kernels::qmatmul`) re-lays the same codes and
 //! scales, so the fused kernel decodes the same values.
 
 use half::f16;
 use thiserror::Error;
 
+mod kquantize;
 pub mod kquants;
 pub mod legacy;
 
@@ -45,12 +47,6 @@ pub enum GgmlError {
     /// A float type asked for block codes.
     #[error("{ty} is a float type, not blocks of codes")]
     NotBlocks {
-        /// The ggml type name.
-        ty: &'static str,
-    },
-    /// Quantizing to a type wgtune has no quantizer for (yet).
-    #[error("quantizing to {ty} is not supported")]
-    NoQuantizer {
         /// The ggml type name.
         ty: &'static str,
     },
@@ -373,6 +369,15 @@ pub trait Block: Sized {
     }
 }
 
+/// A block type with ggml's reference quantizer.
+pub trait Quantize: Block {
+    /// Quantizes one block of `SCHEME.values` values (`x.len()` must be that) as ggml's
+    /// `quantize_row_*_ref` does.
+    fn quantize(x: &[f32]) -> Self;
+    /// Writes the block in ggml's little-endian layout into `out` (`BYTES` long).
+    fn write(&self, out: &mut [u8]);
+}
+
 /// Reads a little-endian f16 at `at` (caller guarantees the range is in bounds).
 pub(crate) fn f16_at(bytes: &[u8], at: usize) -> f16 {
     f16::from_le_bytes([bytes[at], bytes[at + 1]])
@@ -525,7 +530,7 @@ fn put_each<const N: usize>(out: &mut [u8], values: &[f32], f: impl Fn(f32) -> [
 }
 
 /// Encodes every block of `values` (a whole number of blocks) as block type `B`.
-fn quantize_blocks<B: legacy::Quantize>(values: &[f32], out: &mut [u8]) {
+fn quantize_blocks<B: Quantize>(values: &[f32], out: &mut [u8]) {
     let chunks = values.chunks_exact(B::SCHEME.values);
     for (x, dst) in chunks.zip(out.chunks_exact_mut(B::BYTES)) {
         B::quantize(x).write(dst);
@@ -533,23 +538,20 @@ fn quantize_blocks<B: legacy::Quantize>(values: &[f32], out: &mut [u8]) {
 }
 
 /// Encodes `values` (rows back to back; the length a multiple of the block size) as type `ty`,
-/// byte for byte as gguf-py's `gguf.quants.quantize` and ggml's `quantize_row_*_ref` do: F32
-/// as is, F16 rounded to nearest even, BF16 by [`f32_to_bf16_bits`], the legacy blocks by
-/// [`legacy::Quantize`]. K-quants have no quantizer yet ([`GgmlError::NoQuantizer`]).
+/// byte for byte as ggml's reference quantizers do: F32 as is, F16 rounded to nearest even, BF16
+/// by [`f32_to_bf16_bits`], the legacy blocks as `quantize_row_q{4_0,4_1,5_0,5_1,8_0}_ref` (and
+/// gguf-py's `gguf.quants.quantize`), the K-quants Q2_K … Q6_K as
+/// `quantize_row_q{2,3,4,5,6}_K_ref` — what `llama_model_quantize` writes without an importance
+/// matrix. A length that does not fill whole blocks is [`GgmlError::PartialBlock`].
 ///
-/// Where the two references disagree, on the sign of a zero scale, this follows gguf-py's
+/// Where the two legacy references disagree, on the sign of a zero scale, this follows gguf-py's
 /// `argmax` for Q4_0 / Q5_0 (an all-zero block takes its first value's sign) and ggml for the
 /// min and max of Q4_1 / Q5_1 (the first of equal zeros; numpy's reduction picks either).
 /// Inputs are expected finite: NaN has no defined block encoding in either reference.
 pub fn quantize(ty: GgmlType, values: &[f32]) -> Result<Vec<u8>, GgmlError> {
+    use kquants::*;
     use legacy::*;
-    let n_bytes = match ty {
-        GgmlType::Q2_K | GgmlType::Q3_K | GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::Q6_K => {
-            return Err(GgmlError::NoQuantizer { ty: ty.name() });
-        }
-        _ => ty.row_bytes(values.len())?,
-    };
-    let mut out = vec![0u8; n_bytes];
+    let mut out = vec![0u8; ty.row_bytes(values.len())?];
     match ty {
         GgmlType::F32 => put_each(&mut out, values, f32::to_le_bytes),
         GgmlType::F16 => put_each(&mut out, values, |v| f16::from_f32(v).to_le_bytes()),
@@ -559,8 +561,11 @@ pub fn quantize(ty: GgmlType, values: &[f32]) -> Result<Vec<u8>, GgmlError> {
         GgmlType::Q5_0 => quantize_blocks::<BlockQ5_0>(values, &mut out),
         GgmlType::Q5_1 => quantize_blocks::<BlockQ5_1>(values, &mut out),
         GgmlType::Q8_0 => quantize_blocks::<BlockQ8_0>(values, &mut out),
-        // Returned NoQuantizer above.
-        GgmlType::Q2_K | GgmlType::Q3_K | GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::Q6_K => {}
+        GgmlType::Q2_K => quantize_blocks::<BlockQ2K>(values, &mut out),
+        GgmlType::Q3_K => quantize_blocks::<BlockQ3K>(values, &mut out),
+        GgmlType::Q4_K => quantize_blocks::<BlockQ4K>(values, &mut out),
+        GgmlType::Q5_K => quantize_blocks::<BlockQ5K>(values, &mut out),
+        GgmlType::Q6_K => quantize_blocks::<BlockQ6K>(values, &mut out),
     }
     Ok(out)
 }
@@ -700,20 +705,6 @@ mod tests {
 
     #[test]
     fn quantize_errors_name_the_type() {
-        let err = quantize(GgmlType::Q4_K, &[0.0; 256]).unwrap_err();
-        assert_eq!(err, GgmlError::NoQuantizer { ty: "Q4_K" });
-        assert!(err.to_string().contains("Q4_K"), "{err}");
-        for ty in [
-            GgmlType::Q2_K,
-            GgmlType::Q3_K,
-            GgmlType::Q5_K,
-            GgmlType::Q6_K,
-        ] {
-            assert!(matches!(
-                quantize(ty, &[]),
-                Err(GgmlError::NoQuantizer { .. })
-            ));
-        }
         let err = quantize(GgmlType::Q5_1, &[1.0; 48]).unwrap_err();
         assert_eq!(
             err,
