@@ -193,16 +193,6 @@ pub enum ModelGgufError {
         /// Its dimensions.
         dims: Vec<u64>,
     },
-    /// The base type of a tensor that wgtune can read but not write.
-    #[error(
-        "tensor {name}: wgtune has no {ty} quantizer; pick another --quant (q4_k_m, q8_0, f16, …)"
-    )]
-    NoQuantizer {
-        /// The tensor.
-        name: String,
-        /// Its type.
-        ty: &'static str,
-    },
     /// Encoding or decoding a tensor failed.
     #[error("tensor {name}: {source}")]
     Encode {
@@ -308,11 +298,6 @@ fn mix_type(mix: Mix, default: GgmlType, t: &ModelTensor, st: &mut MixState) -> 
     default
 }
 
-/// Whether [`quantize`] can write `ty`.
-fn can_write(ty: GgmlType) -> bool {
-    quantize(ty, &vec![0.0; ty.block_size()]).is_ok()
-}
-
 /// Encode one tensor as `ty`.
 fn encode(t: &ModelTensor, ty: GgmlType) -> Result<Vec<u8>, ModelGgufError> {
     let n: u64 = t.dims.iter().product();
@@ -371,12 +356,6 @@ pub fn write_model_gguf(
                 (got, (got != want).then_some(want))
             }
         };
-        if !can_write(ty) && !matches!(&t.data, TensorData::Encoded(_) if ty == t.source_type) {
-            return Err(ModelGgufError::NoQuantizer {
-                name: t.name.clone(),
-                ty: ty.name(),
-            });
-        }
         out.push(OutTensor {
             name: t.name.clone(),
             dims: t.dims.clone(),
