@@ -27,7 +27,11 @@ pub fn extra_tensors(c: &DecoderConfig) -> Vec<ModelTensor> {
 
 /// The GGUF metadata of the HF folder `model` (config `c`) with `general.file_type` = `ftype`,
 /// named as the converter names it (the folder name, title-cased).
-pub fn hf_metadata(model: &Path, c: &DecoderConfig, ftype: u32) -> Result<Vec<(String, MetaValue)>> {
+pub fn hf_metadata(
+    model: &Path,
+    c: &DecoderConfig,
+    ftype: u32,
+) -> Result<Vec<(String, MetaValue)>> {
     let blobs = HfFileBlobs::read(&DirSource::new(model))?;
     let folder = std::fs::canonicalize(model).unwrap_or_else(|_| model.to_path_buf());
     let opts = HfMetaOptions {

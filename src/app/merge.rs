@@ -4,13 +4,13 @@
 //! quantized as `llama-quantize` would ([`crate::io::gguf_model`]).
 
 use super::cli::{MergeArgs, load};
-use crate::model::loader::{LINEAR_ROLES, LoadedModel};
 use super::files::{DirSource, read_blob, write_atomic};
 use crate::io::gguf::Gguf;
 use crate::io::gguf_model::{Mix, ModelTensor, TensorData, fallback_notes, write_model_gguf};
 use crate::io::peft::load_adapter;
 use crate::model::linear::BaseLinear;
 use crate::model::loader::permute_qk_rows;
+use crate::model::loader::{LINEAR_ROLES, LoadedModel};
 use crate::model::read_f32;
 use crate::model::roles::Role;
 use crate::quant::ggml::GgmlType;
@@ -220,7 +220,11 @@ pub fn merge_to_gguf(
         let mut tensors = Vec::with_capacity(merged.len());
         for (name, (role, shape, t)) in merged {
             let (dims, v) = gguf_values(&c, role, pollster::block_on(read_f32(t))?, &shape);
-            let source_type = if dims.len() == 1 { GgmlType::F32 } else { dtype };
+            let source_type = if dims.len() == 1 {
+                GgmlType::F32
+            } else {
+                dtype
+            };
             tensors.push(ModelTensor {
                 name,
                 dims,
@@ -258,9 +262,7 @@ pub fn merge_to_gguf(
         report += &format!("  fallback (as llama-quantize): {note}\n");
     }
     let o = out.display();
-    report += &format!(
-        "\nOllama Modelfile:\n  FROM {o}\n\nllama.cpp:\n  llama-cli -m {o}\n"
-    );
+    report += &format!("\nOllama Modelfile:\n  FROM {o}\n\nllama.cpp:\n  llama-cli -m {o}\n");
     Ok(report)
 }
 

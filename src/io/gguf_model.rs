@@ -210,9 +210,7 @@ pub enum ModelGgufError {
 /// matrices whose name ends in `weight`, except norms.
 fn allows_quantization(t: &ModelTensor) -> bool {
     let n_dims = t.dims.iter().rposition(|&d| d > 1).map_or(1, |i| i + 1);
-    n_dims >= 2
-        && t.name.ends_with("weight")
-        && !t.name.contains("_norm.weight")
+    n_dims >= 2 && t.name.ends_with("weight") && !t.name.contains("_norm.weight")
 }
 
 /// The block number of a `blk.N.` name (-1 for model-level tensors), as llama.cpp's sort key.
@@ -384,12 +382,19 @@ pub fn write_model_gguf(
     })
 }
 
+/// Tensors that fell back from one type to the same other type: the pair, their names and row
+/// lengths.
+type FallbackGroup<'a> = (
+    (GgmlType, GgmlType),
+    Vec<&'a str>,
+    std::collections::BTreeSet<u64>,
+);
+
 /// One line per fallback llama.cpp would also take, grouped by (wanted, written) type, or
 /// nothing: `12 tensors with rows of 32, 64 values (not a multiple of 256) got Q5_0 instead of
 /// Q4_K: blk.0.attn_k.weight, …`. `cols` gives each tensor's row length.
 pub fn fallback_notes(written: &[WrittenTensor], cols: &[(String, u64)]) -> Vec<String> {
-    let mut groups: Vec<((GgmlType, GgmlType), Vec<&str>, std::collections::BTreeSet<u64>)> =
-        Vec::new();
+    let mut groups: Vec<FallbackGroup<'_>> = Vec::new();
     for w in written {
         let Some(from) = w.fallback_from else {
             continue;

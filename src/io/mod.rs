@@ -4,8 +4,8 @@
 pub mod chat;
 pub mod gguf;
 pub mod gguf_adapter;
-pub mod gguf_model;
 pub mod gguf_meta;
+pub mod gguf_model;
 pub mod gguf_write;
 pub mod hf;
 pub mod peft;

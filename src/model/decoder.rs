@@ -339,7 +339,11 @@ impl Decoder {
             .into_iter()
             .map(|(r, l, t)| {
                 let [rows, cols] = t.dims();
-                let shape = if r.is_vector() { vec![cols] } else { vec![rows, cols] };
+                let shape = if r.is_vector() {
+                    vec![cols]
+                } else {
+                    vec![rows, cols]
+                };
                 (self.config.arch.hf_name(r, l), shape, t)
             })
             .collect()

@@ -89,22 +89,25 @@ fn source_file(meta: &Gguf, tensors: &[ModelTensor]) -> Vec<u8> {
 fn check_case(name: &str, mixes: &[Mix]) {
     let (meta, tensors, want) = case(name);
     let src = source_file(&meta, &tensors);
-    assert_eq!(sha(&src), want["source_sha256"], "{name}: F32 source vs gguf-py");
+    assert_eq!(
+        sha(&src),
+        want["source_sha256"],
+        "{name}: F32 source vs gguf-py"
+    );
     let arch = meta.get_str("general.architecture").unwrap();
     let n_layer = meta.get_u64(&format!("{arch}.block_count")).unwrap() as usize;
     for &mix in mixes {
         let expect = &want["mixes"][mix.name()];
-        let got = write_model_gguf(
-            &meta.metadata_in_order(),
-            tensors.clone(),
-            mix,
-            0,
-            n_layer,
-        )
-        .unwrap();
+        let got =
+            write_model_gguf(&meta.metadata_in_order(), tensors.clone(), mix, 0, n_layer).unwrap();
         let parsed = Gguf::parse(&got.bytes).unwrap();
         let exp_tensors = expect["tensors"].as_array().unwrap();
-        assert_eq!(parsed.tensors.len(), exp_tensors.len(), "{name} {}", mix.name());
+        assert_eq!(
+            parsed.tensors.len(),
+            exp_tensors.len(),
+            "{name} {}",
+            mix.name()
+        );
         for (t, e) in parsed.tensors.iter().zip(exp_tensors) {
             let what = format!("{name} {} {}", mix.name(), t.name);
             assert_eq!(t.name, e["name"], "{what}: tensor order");
@@ -116,7 +119,12 @@ fn check_case(name: &str, mixes: &[Mix]) {
             parsed.get_u64("general.file_type").unwrap(),
             expect["file_type"].as_u64().unwrap()
         );
-        assert_eq!(sha(&got.bytes), expect["file_sha256"], "{name} {}: whole file", mix.name());
+        assert_eq!(
+            sha(&got.bytes),
+            expect["file_sha256"],
+            "{name} {}: whole file",
+            mix.name()
+        );
     }
 }
 
@@ -162,7 +170,11 @@ const PROJECTIONS: [&str; 7] = [
 ];
 
 /// Logits of a GGUF model (optionally with a peft adapter) on the fixture's batch, CPU backend.
-fn gguf_logits(path: &std::path::Path, adapter: Option<&std::path::Path>, ids: &[Vec<u32>]) -> Vec<f32> {
+fn gguf_logits(
+    path: &std::path::Path,
+    adapter: Option<&std::path::Path>,
+    ids: &[Vec<u32>],
+) -> Vec<f32> {
     use wgtune::app::files::DirSource;
     use wgtune::model::loader::{ModelSource, load_model};
     let bytes: wgtune::io::Blob = std::sync::Arc::new(std::fs::read(path).unwrap());
@@ -174,7 +186,10 @@ fn gguf_logits(path: &std::path::Path, adapter: Option<&std::path::Path>, ids: &
     if let Some(a) = adapter {
         wgtune::io::peft::load_adapter(&DirSource::new(a), &mut lm.model).unwrap();
     }
-    block(wgtune::model::read_f32(lm.model.forward(ids, None).unwrap())).unwrap()
+    block(wgtune::model::read_f32(
+        lm.model.forward(ids, None).unwrap(),
+    ))
+    .unwrap()
 }
 
 /// `merge --format gguf` from each architecture's GGUF base (llama.cpp's converter output) and
@@ -194,12 +209,18 @@ fn merged_gguf_round_trips_with_adapter_logits() {
             let adapter = fixture(&format!("arch/{case}/peft/{method}/adapter"));
             let want = gguf_logits(&base, Some(&adapter), &ids);
             for (mix, tol) in [(Mix::Same, 2e-5), (Mix::F16, 2e-2), (Mix::Q8_0, 0.2)] {
-                let out = tmp.path().join(format!("{case}-{method}-{}.gguf", mix.name()));
+                let out = tmp
+                    .path()
+                    .join(format!("{case}-{method}-{}.gguf", mix.name()));
                 merge_to_gguf(&base, None, &adapter, &out, mix).unwrap();
                 let got = gguf_logits(&out, None, &ids);
                 let diff = max_abs_diff(&got, &want);
                 println!("{case} {method} {}: max |Δlogit| {diff:.2e}", mix.name());
-                assert!(diff <= tol, "{case} {method} {}: logits differ by {diff}", mix.name());
+                assert!(
+                    diff <= tol,
+                    "{case} {method} {}: logits differ by {diff}",
+                    mix.name()
+                );
                 if mix == Mix::Same {
                     let bytes = std::fs::read(&out).unwrap();
                     let g = Gguf::parse(&bytes).unwrap();
@@ -209,7 +230,11 @@ fn merged_gguf_round_trips_with_adapter_logits() {
                             == base_g.tensor_bytes(&base_bytes, t).unwrap();
                         let projection = PROJECTIONS.iter().any(|p| t.name.ends_with(p));
                         assert!(same || projection, "{case} {method}: {} changed", t.name);
-                        assert!(!same || !projection, "{case} {method}: {} unchanged", t.name);
+                        assert!(
+                            !same || !projection,
+                            "{case} {method}: {} unchanged",
+                            t.name
+                        );
                     }
                 }
             }
@@ -229,15 +254,36 @@ fn hf_base_merges_to_the_same_gguf_as_the_gguf_base() {
         let adapter = fixture(&format!("arch/{case}/peft/lora/adapter"));
         let from_gguf = tmp.path().join(format!("{case}-gguf.gguf"));
         let from_hf = tmp.path().join(format!("{case}-hf.gguf"));
-        merge_to_gguf(&fixture(&format!("arch/{case}/model.gguf")), None, &adapter, &from_gguf, Mix::Same)
-            .unwrap();
-        merge_to_gguf(&fixture(&format!("arch/{case}")), None, &adapter, &from_hf, Mix::Same).unwrap();
-        let (a, b) = (std::fs::read(&from_gguf).unwrap(), std::fs::read(&from_hf).unwrap());
+        merge_to_gguf(
+            &fixture(&format!("arch/{case}/model.gguf")),
+            None,
+            &adapter,
+            &from_gguf,
+            Mix::Same,
+        )
+        .unwrap();
+        merge_to_gguf(
+            &fixture(&format!("arch/{case}")),
+            None,
+            &adapter,
+            &from_hf,
+            Mix::Same,
+        )
+        .unwrap();
+        let (a, b) = (
+            std::fs::read(&from_gguf).unwrap(),
+            std::fs::read(&from_hf).unwrap(),
+        );
         let (ga, gb) = (Gguf::parse(&a).unwrap(), Gguf::parse(&b).unwrap());
         let names = |g: &Gguf| g.tensors.iter().map(|t| t.name.clone()).collect::<Vec<_>>();
         assert_eq!(names(&ga), names(&gb), "{case}: tensor list");
         for (ta, tb) in ga.tensors.iter().zip(&gb.tensors) {
-            assert_eq!((ta.ty().unwrap(), &ta.dims), (tb.ty().unwrap(), &tb.dims), "{case} {}", ta.name);
+            assert_eq!(
+                (ta.ty().unwrap(), &ta.dims),
+                (tb.ty().unwrap(), &tb.dims),
+                "{case} {}",
+                ta.name
+            );
             assert!(
                 ga.tensor_bytes(&a, ta).unwrap() == gb.tensor_bytes(&b, tb).unwrap(),
                 "{case}: {} differs between the HF and the GGUF base",
@@ -260,7 +306,11 @@ fn hf_base_merges_to_the_same_gguf_as_the_gguf_base() {
             assert!(va == vb, "{case}: metadata {k} differs");
         }
         let ids = crate::peft_fixtures::batch_of(&format!("arch/{case}")).input_ids;
-        let want = gguf_logits(&fixture(&format!("arch/{case}/model.gguf")), Some(&adapter), &ids);
+        let want = gguf_logits(
+            &fixture(&format!("arch/{case}/model.gguf")),
+            Some(&adapter),
+            &ids,
+        );
         let diff = max_abs_diff(&gguf_logits(&from_hf, None, &ids), &want);
         assert!(diff <= 2e-5, "{case}: logits differ by {diff}");
     }
@@ -282,7 +332,14 @@ fn merge_gguf_bad_input_is_clean() {
     std::fs::write(&out, b"previous").unwrap();
     let o = wgtune_with(
         &[
-            "merge", "--model", base, "--adapter", lora, "--format", "gguf", "--out",
+            "merge",
+            "--model",
+            base,
+            "--adapter",
+            lora,
+            "--format",
+            "gguf",
+            "--out",
             out.to_str().unwrap(),
         ],
         Limit::FileSize(16 << 10),
@@ -293,17 +350,41 @@ fn merge_gguf_bad_input_is_clean() {
     assert_eq!(leftovers.len(), 1, "temp files left: {leftovers:?}");
 
     let o = wgtune_limited(
-        &["merge", "--model", base, "--adapter", lora, "--out", "x", "--quant", "q8_0"],
+        &[
+            "merge",
+            "--model",
+            base,
+            "--adapter",
+            lora,
+            "--out",
+            "x",
+            "--quant",
+            "q8_0",
+        ],
         HOSTILE_AS_LIMIT,
     );
     assert_clean_failure(&o, "--quant with hf", &["--quant q8_0 needs --format gguf"]);
     let o = wgtune_limited(
         &[
-            "merge", "--model", base, "--adapter", lora, "--out", "x", "--format", "gguf",
-            "--quant", "q3_k",
+            "merge",
+            "--model",
+            base,
+            "--adapter",
+            lora,
+            "--out",
+            "x",
+            "--format",
+            "gguf",
+            "--quant",
+            "q3_k",
         ],
         HOSTILE_AS_LIMIT,
     );
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(!o.status.success() && err.contains("unknown quantization `q3_k`") && err.contains("q4_k_m"), "{err}");
+    assert!(
+        !o.status.success()
+            && err.contains("unknown quantization `q3_k`")
+            && err.contains("q4_k_m"),
+        "{err}"
+    );
 }

@@ -334,7 +334,11 @@ impl WgtuneApp {
     /// its quantization, GGUF LoRA adapter), where, and the button.
     fn export_row(&mut self, ui: &mut egui::Ui, ctx: &egui::Context) {
         let out = self.run.out.clone().map(PathBuf::from);
-        let oft = self.run.method.as_deref().is_some_and(|m| m.contains("oft"));
+        let oft = self
+            .run
+            .method
+            .as_deref()
+            .is_some_and(|m| m.contains("oft"));
         if oft && self.export_kind == ExportKind::GgufAdapter {
             self.export_kind = ExportKind::GgufModel;
         }

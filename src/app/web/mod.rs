@@ -349,7 +349,10 @@ fn wgtune_download_from(st: &Shared, what: &str) -> bool {
                 return false;
             };
             let files = [
-                ("adapter_config.json", Arc::new(json.clone().into_bytes()) as Blob),
+                (
+                    "adapter_config.json",
+                    Arc::new(json.clone().into_bytes()) as Blob,
+                ),
                 ("adapter_model.safetensors", Arc::new(bytes.clone()) as Blob),
             ];
             let folder = MemFolder {
@@ -942,7 +945,9 @@ impl WebApp {
                     st.adapter_files.is_some() && !oft,
                     egui::Button::new("Download adapter.gguf"),
                 )
-                .on_hover_text("the LoRA as llama.cpp's GGUF adapter: llama-cli --lora, Ollama ADAPTER")
+                .on_hover_text(
+                    "the LoRA as llama.cpp's GGUF adapter: llama-cli --lora, Ollama ADAPTER",
+                )
                 .on_disabled_hover_text("llama.cpp has no OFT adapter type")
                 .clicked()
             {
