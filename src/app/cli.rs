@@ -206,6 +206,13 @@ pub struct BenchArgs {
     /// New tokens in the generation benchmark.
     #[arg(long, default_value_t = 32)]
     pub gen_tokens: usize,
+    /// Sequences in the generation benchmark: with more than one, N continuations of the prompt
+    /// (row `r` seeded `r`) are timed both one at a time and as one batch, alternately.
+    #[arg(long, default_value_t = 1)]
+    pub gen_batch: usize,
+    /// Sampling temperature of the generation benchmark (0: greedy).
+    #[arg(long, default_value_t = 0.0)]
+    pub gen_temperature: f32,
     /// Timed repetitions after one warm-up (median reported).
     #[arg(long, default_value_t = 3)]
     pub iters: usize,

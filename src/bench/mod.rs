@@ -7,7 +7,7 @@ pub mod train_step;
 
 use crate::app::cli::{BenchArgs, load, pick_backend};
 use crate::backend::SelectedBackend;
-use crate::model::generate::{SamplingConfig, generate};
+use crate::model::generate::{SamplingConfig, generate, generate_batch};
 use crate::model::read_f32;
 use anyhow::{Result, bail};
 use std::time::Instant;
@@ -45,6 +45,67 @@ pub struct ModelBench {
     pub gen_tokens: usize,
     /// Generation tokens per second (KV cache, greedy).
     pub gen_tokens_per_s: f64,
+    /// With `--gen-batch N > 1`: sequences generated per measurement.
+    pub gen_batch: usize,
+    /// Median tokens per second of the N sequences generated one at a time (`--gen-batch`).
+    pub gen_unbatched_tokens_per_s: Option<f64>,
+    /// Median tokens per second of the N sequences generated as one batch (`--gen-batch`).
+    pub gen_batched_tokens_per_s: Option<f64>,
+}
+
+/// The machine's 1-minute load average (`/proc/loadavg`), where there is one.
+fn load_average() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// `--gen-batch`: the N sequences one at a time (A) and as one batch (B), alternated A B A B
+/// `iters` times; median tokens/s (new tokens over decode seconds) of each.
+fn batch_generation_bench(
+    model: &crate::model::decoder::Decoder,
+    prompt: &[u32],
+    cfg: &SamplingConfig,
+    n: usize,
+    iters: usize,
+) -> Result<(f64, f64)> {
+    let prompts = vec![prompt.to_vec(); n];
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    for i in 0..iters {
+        let load = load_average();
+        let (mut tokens, mut secs) = (0, 0.0);
+        for r in 0..n {
+            let c = SamplingConfig {
+                seed: cfg.seed.wrapping_add(r as u64),
+                ..cfg.clone()
+            };
+            let g = pollster::block_on(generate(model, prompt, &c, |_| {}))?;
+            tokens += g.tokens.len();
+            secs += g.decode_secs;
+        }
+        a.push(tokens as f64 / secs);
+        let load_b = load_average();
+        let gens = pollster::block_on(generate_batch(model, &prompts, cfg, None, |_, _| {}))?;
+        let tokens: usize = gens.iter().map(|g| g.tokens.len()).sum();
+        b.push(tokens as f64 / gens[0].decode_secs);
+        let show = |l: Option<f64>| l.map_or("-".into(), |l| format!("{l:.2}"));
+        println!(
+            "iter {}: one at a time {:.2} tokens/s (load {}) | batch of {n} {:.2} tokens/s (load {})",
+            i + 1,
+            a[i],
+            show(load),
+            b[i],
+            show(load_b)
+        );
+    }
+    Ok((median(&mut a), median(&mut b)))
 }
 
 /// `wgtune bench`: time the model's forward pass and generation.
@@ -83,6 +144,7 @@ pub fn cmd_bench(a: BenchArgs) -> Result<()> {
     let forward_secs = times[times.len() / 2];
     let cfg = SamplingConfig {
         max_new_tokens: a.gen_tokens,
+        temperature: a.gen_temperature,
         ..Default::default()
     };
     let mut model = lm.model;
@@ -99,6 +161,17 @@ pub fn cmd_bench(a: BenchArgs) -> Result<()> {
         |_| {},
     ))?;
     let g = pollster::block_on(generate(&model, prompt, &cfg, |_| {}))?;
+    let batched = if a.gen_batch > 1 {
+        Some(batch_generation_bench(
+            &model,
+            prompt,
+            &cfg,
+            a.gen_batch,
+            a.iters,
+        )?)
+    } else {
+        None
+    };
     let r = ModelBench {
         backend: backend.description,
         seq,
@@ -106,11 +179,23 @@ pub fn cmd_bench(a: BenchArgs) -> Result<()> {
         forward_tokens_per_s: seq as f64 / forward_secs,
         gen_tokens: g.tokens.len(),
         gen_tokens_per_s: g.tokens_per_sec(),
+        gen_batch: a.gen_batch,
+        gen_unbatched_tokens_per_s: batched.map(|b| b.0),
+        gen_batched_tokens_per_s: batched.map(|b| b.1),
     };
     println!(
         "forward: {} tokens in {:.3}s = {:.1} tokens/s | generation: {} tokens at {:.2} tokens/s | {}",
         r.seq, r.forward_secs, r.forward_tokens_per_s, r.gen_tokens, r.gen_tokens_per_s, r.backend
     );
+    if let Some((one, batch)) = batched {
+        println!(
+            "generation of {} sequences x {} tokens (median of {}): one at a time {one:.2} tokens/s, one batch {batch:.2} tokens/s ({:.2}x)",
+            a.gen_batch,
+            a.gen_tokens,
+            a.iters,
+            batch / one
+        );
+    }
     if let Some(path) = &a.json {
         let json = serde_json::to_vec_pretty(&serde_json::json!({ "results": [r] }))?;
         crate::app::files::write_atomic(path, &json)?;

@@ -5,7 +5,7 @@
 use super::config::RopeScaling;
 use super::decoder::RmsNorm;
 use super::linear::AdaptedLinear;
-use burn::tensor::{Bool, Device, Tensor, TensorData, activation::softmax};
+use burn::tensor::{Bool, Device, Int, Tensor, TensorData, activation::softmax};
 
 /// RoPE inverse frequencies exactly as transformers computes them in f32, including Llama-3
 /// scaling (`_compute_llama3_parameters`).
@@ -75,45 +75,97 @@ pub struct LayerCache {
     kv: Option<(Tensor<4>, Tensor<4>)>,
 }
 
+impl LayerCache {
+    /// Keep only the batch rows `rows` (in that order), dropping the others.
+    pub fn select_rows(&mut self, rows: &[usize]) {
+        if let Some((k, v)) = self.kv.take() {
+            let idx: Vec<i64> = rows.iter().map(|&r| r as i64).collect();
+            let idx = Tensor::<1, Int>::from_data(TensorData::new(idx, [rows.len()]), &k.device());
+            self.kv = Some((k.select(0, idx.clone()), v.select(0, idx)));
+        }
+    }
+}
+
 /// Per-forward context shared by all layers of one kind: RoPE tables and the causal mask.
 pub struct AttnContext {
-    /// cos `[1, 1, T, D]`.
+    /// cos `[1, 1, T, D]`, or `[B, 1, T, D]` when rows are left-padded.
     pub cos: Tensor<4>,
-    /// sin `[1, 1, T, D]`.
+    /// sin, shaped as `cos`.
     pub sin: Tensor<4>,
-    /// `true` where a query may NOT attend to a key: `[1, 1, T, past + T]`.
+    /// `true` where a query may NOT attend to a key: `[1, 1, T, past + T]`, or
+    /// `[B, 1, T, past + T]` when rows are left-padded.
     pub mask: Option<Tensor<4, Bool>>,
 }
 
 impl AttnContext {
     /// Tables for `len` new positions after `past` cached ones; with `window`, query `i` sees
     /// key `j` only when `0 <= i - j < window` (transformers' sliding-window causal mask).
+    ///
+    /// `pads` (empty, or one entry per batch row) is the number of left-padding columns of each
+    /// row: row `b`'s column `c` holds position `c - pads[b]`, so its RoPE angles are those of an
+    /// unpadded run, and its real queries never see its padding keys. A padding query sees only
+    /// itself (its output is never used; attending to nothing would give NaN, and `0·NaN` would
+    /// leak into the real rows through the value matmul). All-zero `pads` give exactly the
+    /// unpadded tables and mask.
     pub fn new(
         inv_freq: &[f32],
         past: usize,
         len: usize,
         window: Option<usize>,
+        pads: &[usize],
         device: &Device,
     ) -> Self {
-        let (cos, sin) = rope_tables(inv_freq, past, len, device);
         let d = inv_freq.len() * 2;
         let total = past + len;
-        let windowed = window.is_some_and(|w| total > w);
-        let mask = (len > 1 || windowed).then(|| {
-            let blocked: Vec<bool> = (0..len)
-                .flat_map(|i| {
-                    (0..total).map(move |j| {
-                        let q = past + i;
-                        j > q || window.is_some_and(|w| q - j >= w)
+        if pads.iter().all(|&p| p == 0) {
+            let (cos, sin) = rope_tables(inv_freq, past, len, device);
+            let windowed = window.is_some_and(|w| total > w);
+            let mask = (len > 1 || windowed).then(|| {
+                let blocked: Vec<bool> = (0..len)
+                    .flat_map(|i| {
+                        (0..total).map(move |j| {
+                            let q = past + i;
+                            j > q || window.is_some_and(|w| q - j >= w)
+                        })
                     })
-                })
-                .collect();
-            Tensor::<4, Bool>::from_data(TensorData::new(blocked, [1, 1, len, total]), device)
-        });
+                    .collect();
+                Tensor::<4, Bool>::from_data(TensorData::new(blocked, [1, 1, len, total]), device)
+            });
+            return Self {
+                cos: cos.reshape([1, 1, len, d]),
+                sin: sin.reshape([1, 1, len, d]),
+                mask,
+            };
+        }
+        let b = pads.len();
+        let mut cos = Vec::with_capacity(b * len * d);
+        let mut sin = Vec::with_capacity(b * len * d);
+        let mut blocked = Vec::with_capacity(b * len * total);
+        for &pad in pads {
+            for i in 0..len {
+                let q = past + i;
+                let pos = q.saturating_sub(pad);
+                for _ in 0..2 {
+                    for &f in inv_freq {
+                        let a = pos as f32 * f;
+                        cos.push(a.cos());
+                        sin.push(a.sin());
+                    }
+                }
+                blocked.extend(
+                    (0..total).map(|j| {
+                        j > q || (j < pad && j != q) || window.is_some_and(|w| q - j >= w)
+                    }),
+                );
+            }
+        }
         Self {
-            cos: cos.reshape([1, 1, len, d]),
-            sin: sin.reshape([1, 1, len, d]),
-            mask,
+            cos: Tensor::<4>::from_data(TensorData::new(cos, [b, 1, len, d]), device),
+            sin: Tensor::<4>::from_data(TensorData::new(sin, [b, 1, len, d]), device),
+            mask: Some(Tensor::<4, Bool>::from_data(
+                TensorData::new(blocked, [b, 1, len, total]),
+                device,
+            )),
         }
     }
 }

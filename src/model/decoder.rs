@@ -243,8 +243,49 @@ pub struct Decoder {
 #[derive(Debug, Clone, Default)]
 pub struct KvCache {
     layers: Vec<LayerCache>,
-    /// Positions already in the cache.
+    /// Positions (columns, left padding included) already in the cache.
     pub len: usize,
+    /// Batch rows held (0 while empty).
+    rows: usize,
+    /// Left-padding columns of each row (empty when no row is padded).
+    pads: Vec<usize>,
+}
+
+impl KvCache {
+    /// Batch rows held (0 while the cache is empty).
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Left-padding columns of each row (empty when no row is padded).
+    pub fn pads(&self) -> &[usize] {
+        &self.pads
+    }
+
+    /// Keep only the batch rows `rows` (indices into the current batch, in the order given) and
+    /// drop the others, e.g. sequences that finished generating.
+    pub fn retain_rows(&mut self, rows: &[usize]) -> Result<(), ModelError> {
+        if let Some(&r) = rows.iter().find(|&&r| r >= self.rows) {
+            return Err(ModelError::Input(format!(
+                "row {r} is not in the cache ({} rows)",
+                self.rows
+            )));
+        }
+        if rows.len() == self.rows && rows.iter().enumerate().all(|(i, &r)| i == r) {
+            return Ok(());
+        }
+        for layer in &mut self.layers {
+            layer.select_rows(rows);
+        }
+        if !self.pads.is_empty() {
+            self.pads = rows.iter().map(|&r| self.pads[r]).collect();
+            if self.pads.iter().all(|&p| p == 0) {
+                self.pads.clear();
+            }
+        }
+        self.rows = rows.len();
+        Ok(())
+    }
 }
 
 /// Where the decoder linears' base weights live: packed for the fused kernel or dense f32.
@@ -350,10 +391,23 @@ impl Decoder {
     }
 
     /// Token ids `[B, T]` (host) → final hidden states `[B, T, hidden]` (after the final norm);
-    /// with `cache`, positions continue after it.
+    /// with `cache`, positions continue after it (each row after its own left padding, when
+    /// the cache was filled by [`Decoder::next_token_logits_batch`]).
     pub fn hidden_states(
         &self,
         ids: &[Vec<u32>],
+        cache: Option<&mut KvCache>,
+    ) -> Result<Tensor<3>, ModelError> {
+        self.hidden_states_padded(ids, &[], cache)
+    }
+
+    /// [`Decoder::hidden_states`] where row `b` of `ids` starts with `pads[b]` padding columns
+    /// (`pads` empty: none). Padding is only accepted on a first call (empty cache); the cache
+    /// remembers it for the following calls.
+    fn hidden_states_padded(
+        &self,
+        ids: &[Vec<u32>],
+        pads: &[usize],
         cache: Option<&mut KvCache>,
     ) -> Result<Tensor<3>, ModelError> {
         let device = self.device();
@@ -376,6 +430,24 @@ impl Decoder {
             });
         }
         let past = cache.as_ref().map_or(0, |c| c.len);
+        if let Some(kv) = cache.as_ref()
+            && kv.len > 0
+            && kv.rows != b
+        {
+            return Err(ModelError::Input(format!(
+                "the KV cache holds {} rows, the batch has {b}",
+                kv.rows
+            )));
+        }
+        if !pads.is_empty() && (pads.len() != b || past > 0) {
+            return Err(ModelError::Input(
+                "left padding needs one entry per row and an empty cache".into(),
+            ));
+        }
+        let pads: Vec<usize> = match cache.as_ref() {
+            Some(kv) if past > 0 => kv.pads.clone(),
+            _ => pads.to_vec(),
+        };
         let flat: Vec<i64> = ids.iter().flatten().map(|&x| x as i64).collect();
         let idx = Tensor::<2, Int>::from_data(TensorData::new(flat, [b, t]), &device);
         let mut x = self.embed_tokens.embed(idx);
@@ -383,13 +455,13 @@ impl Decoder {
             // transformers multiplies by √hidden cast to the weight dtype (f32 here).
             x = x.mul_scalar((c.hidden_size as f64).sqrt() as f32);
         }
-        let global = AttnContext::new(&self.inv_freq, past, t, None, &device);
+        let global = AttnContext::new(&self.inv_freq, past, t, None, &pads, &device);
         let local = c
             .sliding_window
             .filter(|_| c.layer_types.contains(&AttnKind::Sliding))
             .map(|w| {
                 let freqs = self.inv_freq_local.as_deref().unwrap_or(&self.inv_freq);
-                AttnContext::new(freqs, past, t, Some(w), &device)
+                AttnContext::new(freqs, past, t, Some(w), &pads, &device)
             });
         let mut caches: Option<&mut KvCache> = cache;
         if let Some(c) = caches.as_deref_mut() {
@@ -405,6 +477,14 @@ impl Decoder {
         }
         if let Some(c) = caches {
             c.len += t;
+            c.rows = b;
+            if past == 0 {
+                c.pads = if pads.iter().all(|&p| p == 0) {
+                    Vec::new()
+                } else {
+                    pads
+                };
+            }
         }
         Ok(self.norm.forward(x))
     }
@@ -433,6 +513,42 @@ impl Decoder {
         let [_, t, d] = h.dims();
         let last = h.slice([0..1, t - 1..t, 0..d]).reshape([1, d]);
         Ok(self.logits_of(last).reshape([self.config.vocab_size]))
+    }
+
+    /// Logits `[B, V]` of the last position of each row, for batched generation.
+    ///
+    /// On an empty `cache` the rows may have different (non-zero) lengths: they are left-padded
+    /// to the longest with token 0, and each row keeps the RoPE positions and attention of its
+    /// own unpadded run (the cache remembers the padding). On a filled cache the rows must have
+    /// one equal length (one new token each, typically) and match the cache's row count; use
+    /// [`KvCache::retain_rows`] to drop finished rows first.
+    pub fn next_token_logits_batch(
+        &self,
+        ids: &[Vec<u32>],
+        cache: &mut KvCache,
+    ) -> Result<Tensor<2>, ModelError> {
+        let h = if cache.len == 0 {
+            let longest = ids.iter().map(Vec::len).max().unwrap_or(0);
+            if ids.iter().any(Vec::is_empty) {
+                return Err(ModelError::Input("an empty prompt in the batch".into()));
+            }
+            let pads: Vec<usize> = ids.iter().map(|r| longest - r.len()).collect();
+            let padded: Vec<Vec<u32>> = ids
+                .iter()
+                .zip(&pads)
+                .map(|(r, &p)| {
+                    let mut row = vec![0u32; p];
+                    row.extend_from_slice(r);
+                    row
+                })
+                .collect();
+            self.hidden_states_padded(&padded, &pads, Some(cache))?
+        } else {
+            self.hidden_states(ids, Some(cache))?
+        };
+        let [b, t, d] = h.dims();
+        let last = h.slice([0..b, t - 1..t, 0..d]).reshape([b, d]);
+        Ok(self.logits_of(last))
     }
 
     /// Token ids `[B, T]` (host) → logits `[B, T, V]`; with `cache`, positions continue after it.

@@ -1,6 +1,7 @@
-//! Autoregressive generation with a KV cache: greedy, temperature and top-p sampling, stop on EOS.
-//! Async because every step reads the last logits back from the device (no blocking readbacks,
-//! so it runs in a browser tab too).
+//! Autoregressive generation with a KV cache: greedy, temperature and top-p sampling, stop on EOS,
+//! for one prompt ([`generate`]) or a batch of prompts of different lengths ([`generate_batch`],
+//! left-padded, each row stopping on its own). Async because every step reads the last logits
+//! back from the device (no blocking readbacks, so it runs in a browser tab too).
 
 use super::ModelError;
 use super::decoder::{Decoder, KvCache};
@@ -116,37 +117,102 @@ fn secs_since(t: Option<std::time::Instant>) -> f64 {
 }
 
 /// Continue `prompt` by up to `cfg.max_new_tokens` tokens, calling `on_token` for each new one.
+/// A batch of one row of [`generate_batch`], seeded with `cfg.seed`.
 pub async fn generate(
     model: &Decoder,
     prompt: &[u32],
     cfg: &SamplingConfig,
     mut on_token: impl FnMut(u32),
 ) -> Result<Generation, ModelError> {
-    let mut rng = StdRng::seed_from_u64(cfg.seed);
+    let mut out = generate_batch(model, &[prompt.to_vec()], cfg, None, |_, t| on_token(t)).await?;
+    Ok(out.remove(0))
+}
+
+/// The seed of each row of a batch when none are given: row `r` samples with `seed + r`
+/// (wrapping), so row 0 of a batch samples exactly like [`generate`] with the same config.
+pub fn row_seeds(seed: u64, rows: usize) -> Vec<u64> {
+    (0..rows as u64).map(|r| seed.wrapping_add(r)).collect()
+}
+
+/// Continue every prompt of `prompts` (any non-zero lengths) by up to `cfg.max_new_tokens`
+/// tokens in one batch, calling `on_token(row, token)` for each new token.
+///
+/// Row `r` samples with its own generator seeded with `seeds[r]` (default: [`row_seeds`] of
+/// `cfg.seed`), and gets the tokens [`generate`] gives for that prompt with that seed, up to
+/// float rounding of the batched matmuls (per-row logits agree within 1e-4). Prompts are
+/// left-padded with per-row RoPE positions and attention masks. Each row stops on its own
+/// (a stop token or `max_new_tokens`); finished rows leave the batch and its KV cache, so the
+/// remaining rows run no slower than a smaller batch. `prefill_secs` and `decode_secs` of every
+/// returned [`Generation`] are those of the whole batch.
+pub async fn generate_batch(
+    model: &Decoder,
+    prompts: &[Vec<u32>],
+    cfg: &SamplingConfig,
+    seeds: Option<&[u64]>,
+    mut on_token: impl FnMut(usize, u32),
+) -> Result<Vec<Generation>, ModelError> {
+    let n = prompts.len();
+    if n == 0 {
+        return Ok(Vec::new());
+    }
+    let seeds = match seeds {
+        Some(s) if s.len() != n => {
+            return Err(ModelError::Input(format!(
+                "{} seeds for {n} prompts",
+                s.len()
+            )));
+        }
+        Some(s) => s.to_vec(),
+        None => row_seeds(cfg.seed, n),
+    };
+    let mut rngs: Vec<StdRng> = seeds.iter().map(|&s| StdRng::seed_from_u64(s)).collect();
+    let v = model.config.vocab_size;
     let mut cache = KvCache::default();
     let start = now();
-    let mut row = read_f32(model.next_token_logits(prompt, Some(&mut cache))?).await?;
+    let mut logits = read_f32(model.next_token_logits_batch(prompts, &mut cache)?).await?;
     let prefill_secs = secs_since(start);
     let start = now();
-    let mut tokens = Vec::new();
-    let mut stopped_on_eos = false;
-    while tokens.len() < cfg.max_new_tokens {
-        let next = sample(&row, cfg, &mut rng);
-        if model.config.is_stop(next) {
-            stopped_on_eos = true;
+    let mut tokens: Vec<Vec<u32>> = vec![Vec::new(); n];
+    let mut stopped_on_eos = vec![false; n];
+    // Original row of each row of the cache.
+    let mut active: Vec<usize> = (0..n).collect();
+    loop {
+        let mut keep = Vec::with_capacity(active.len());
+        let mut next_ids = Vec::with_capacity(active.len());
+        for (k, &r) in active.iter().enumerate() {
+            if tokens[r].len() >= cfg.max_new_tokens {
+                continue;
+            }
+            let next = sample(&logits[k * v..(k + 1) * v], cfg, &mut rngs[r]);
+            if model.config.is_stop(next) {
+                stopped_on_eos[r] = true;
+                continue;
+            }
+            tokens[r].push(next);
+            on_token(r, next);
+            if tokens[r].len() < cfg.max_new_tokens {
+                keep.push(k);
+                next_ids.push(vec![next]);
+            }
+        }
+        if keep.is_empty() {
             break;
         }
-        tokens.push(next);
-        on_token(next);
-        if tokens.len() == cfg.max_new_tokens {
-            break;
+        if keep.len() < active.len() {
+            cache.retain_rows(&keep)?;
+            active = keep.iter().map(|&k| active[k]).collect();
         }
-        row = read_f32(model.next_token_logits(&[next], Some(&mut cache))?).await?;
+        logits = read_f32(model.next_token_logits_batch(&next_ids, &mut cache)?).await?;
     }
-    Ok(Generation {
-        tokens,
-        stopped_on_eos,
-        prefill_secs,
-        decode_secs: secs_since(start),
-    })
+    let decode_secs = secs_since(start);
+    Ok(tokens
+        .into_iter()
+        .zip(stopped_on_eos)
+        .map(|(tokens, stopped_on_eos)| Generation {
+            tokens,
+            stopped_on_eos,
+            prefill_secs,
+            decode_secs,
+        })
+        .collect())
 }

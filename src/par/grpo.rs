@@ -12,7 +12,7 @@
 use super::ParError;
 use crate::adapters;
 use crate::model::decoder::Decoder;
-use crate::model::generate::{SamplingConfig, generate};
+use crate::model::generate::{SamplingConfig, generate_batch};
 use crate::model::read_f32;
 use crate::train::trainer::{TrainError, Trainer};
 use burn::tensor::{Int, Tensor, TensorData, activation::log_softmax};
@@ -272,23 +272,66 @@ fn completion_logprobs(
     Ok((picked, mask))
 }
 
-/// Sample `cfg.group` completions of `item` (EOS appended when generation stopped on it).
+/// Most sequences generated in one batch: GRPO's groups of several prompts share a batch up
+/// to this many rows (always at least one whole group).
+pub const GRPO_BATCH_ROWS: usize = 32;
+
+/// Items of a held-out accuracy evaluation decoded in one batch.
+pub const EVAL_BATCH_ROWS: usize = 16;
+
+/// Sampler seed of completion `k` of a group sampled with `seed` (the rule GRPO has always used,
+/// so runs stay reproducible: each completion gets its own generator whatever the batching).
+pub fn completion_seed(seed: u64, k: usize) -> u64 {
+    seed.wrapping_mul(7919).wrapping_add(k as u64)
+}
+
+/// Sample `cfg.group` completions of `item` (EOS appended when generation stopped on it), in one
+/// batch; completion `k` samples with [`completion_seed`]`(seed, k)`.
 pub async fn sample_group(
     model: &Decoder,
     item: &RlItem,
     cfg: &GrpoConfig,
     seed: u64,
 ) -> Result<Vec<(Vec<u32>, bool)>, ParError> {
-    let mut out = Vec::with_capacity(cfg.group);
-    for k in 0..cfg.group {
-        let s = SamplingConfig {
-            temperature: cfg.temperature,
-            top_p: cfg.top_p,
-            max_new_tokens: cfg.max_new_tokens,
-            seed: seed.wrapping_mul(7919).wrapping_add(k as u64),
-        };
-        let gen_out = generate(model, &item.prompt, &s, |_| {}).await?;
-        out.push((gen_out.tokens, gen_out.stopped_on_eos));
+    Ok(sample_groups(model, &[item], cfg, &[seed]).await?.remove(0))
+}
+
+/// [`sample_group`] for several items at once (item `i` with seed `seeds[i]`): their groups are
+/// decoded together in batches of up to [`GRPO_BATCH_ROWS`] rows, prompts of different lengths
+/// left-padded. Each completion gets the tokens [`sample_group`] alone would give it.
+pub async fn sample_groups(
+    model: &Decoder,
+    items: &[&RlItem],
+    cfg: &GrpoConfig,
+    seeds: &[u64],
+) -> Result<Vec<Vec<(Vec<u32>, bool)>>, ParError> {
+    let s = SamplingConfig {
+        temperature: cfg.temperature,
+        top_p: cfg.top_p,
+        max_new_tokens: cfg.max_new_tokens,
+        seed: 0,
+    };
+    let per_batch = (GRPO_BATCH_ROWS / cfg.group.max(1)).max(1);
+    let mut out = Vec::with_capacity(items.len());
+    for (chunk, chunk_seeds) in items.chunks(per_batch).zip(seeds.chunks(per_batch)) {
+        let mut prompts = Vec::with_capacity(chunk.len() * cfg.group);
+        let mut row_seeds = Vec::with_capacity(chunk.len() * cfg.group);
+        for (item, &seed) in chunk.iter().zip(chunk_seeds) {
+            for k in 0..cfg.group {
+                prompts.push(item.prompt.clone());
+                row_seeds.push(completion_seed(seed, k));
+            }
+        }
+        let gens = generate_batch(model, &prompts, &s, Some(&row_seeds), |_, _| {}).await?;
+        let mut gens = gens.into_iter();
+        for _ in chunk {
+            out.push(
+                gens.by_ref()
+                    .take(cfg.group)
+                    .map(|g| (g.tokens, g.stopped_on_eos))
+                    .collect(),
+            );
+        }
     }
     Ok(out)
 }
@@ -323,11 +366,14 @@ pub async fn grpo_step(
     let mut sample = None;
     // Sampling and the reference pass need no graph: run them off the autodiff backend.
     let policy = trainer.model.without_autodiff();
-    for (i, item) in items.iter().enumerate() {
-        let s = seed
-            .wrapping_mul(1_000_003)
-            .wrapping_add(step * 131 + i as u64);
-        let sampled = sample_group(&policy, item, cfg, s).await?;
+    let seeds: Vec<u64> = (0..items.len())
+        .map(|i| {
+            seed.wrapping_mul(1_000_003)
+                .wrapping_add(step * 131 + i as u64)
+        })
+        .collect();
+    let all_sampled = sample_groups(&policy, items, cfg, &seeds).await?;
+    for (item, sampled) in items.iter().zip(all_sampled) {
         let mut comps = Vec::with_capacity(sampled.len());
         for (tokens, on_eos) in sampled {
             let text = decode(&tokens);
@@ -457,6 +503,8 @@ pub async fn grpo_step(
 }
 
 /// Greedy accuracy of the model on `items` with `reward` (1 = correct), up to `max_new_tokens`.
+/// Items are decoded in batches of [`EVAL_BATCH_ROWS`], grouped by prompt length so that little
+/// of each batch is padding.
 pub async fn greedy_accuracy(
     model: &Decoder,
     items: &[RlItem],
@@ -474,10 +522,15 @@ pub async fn greedy_accuracy(
         seed: 0,
     };
     let model = model.without_autodiff();
+    let mut order: Vec<usize> = (0..items.len()).collect();
+    order.sort_by_key(|&i| items[i].prompt.len());
     let mut correct = 0.0;
-    for item in items {
-        let g = generate(&model, &item.prompt, &cfg, |_| {}).await?;
-        correct += reward.score(&decode(&g.tokens), &item.reference);
+    for batch in order.chunks(EVAL_BATCH_ROWS) {
+        let prompts: Vec<Vec<u32>> = batch.iter().map(|&i| items[i].prompt.clone()).collect();
+        let gens = generate_batch(&model, &prompts, &cfg, None, |_, _| {}).await?;
+        for (&i, g) in batch.iter().zip(gens) {
+            correct += reward.score(&decode(&g.tokens), &items[i].reference);
+        }
     }
     Ok(correct / items.len() as f64)
 }

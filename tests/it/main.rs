@@ -2,6 +2,7 @@
 //! the real SmolLM2 GGUF, and the CLI's handling of bad input.
 
 mod arch_fixtures;
+mod batch_generate;
 mod bench;
 mod bnb_quantize;
 mod cli_errors;
