@@ -27,15 +27,18 @@ pub struct ElementMasks {
 impl ElementMasks {
     /// safetensors bytes: one U8 tensor per adapter tensor, under its peft key.
     pub fn to_safetensors(&self) -> Result<Vec<u8>, String> {
+        self.to_safetensors_with("0 unused, 1 system-1 only, 2 system-2 only, 3 shared")
+    }
+
+    /// As [`ElementMasks::to_safetensors`], with `codes` (what each code means) as the file's
+    /// `codes` metadata, for files whose codes mean something else (per-stage bits).
+    pub fn to_safetensors_with(&self, codes: &str) -> Result<Vec<u8>, String> {
         let raw: BTreeMap<String, crate::io::safetensors::RawTensor> = self
             .tensors
             .iter()
             .map(|(k, s, v)| (k.clone(), (Dtype::U8, s.to_vec(), v.clone())))
             .collect();
-        let meta = std::collections::HashMap::from([(
-            "codes".to_string(),
-            "0 unused, 1 system-1 only, 2 system-2 only, 3 shared".to_string(),
-        )]);
+        let meta = std::collections::HashMap::from([("codes".to_string(), codes.to_string())]);
         crate::io::safetensors::serialize_raw(&raw, Some(meta)).map_err(|e| e.to_string())
     }
 

@@ -387,7 +387,9 @@ pub fn cmd_train_par(run: RunConfig, ctl: &TrainControl) -> Result<()> {
     };
     write_atomic(
         &out.join("par_stage_masks.safetensors"),
-        &stage_codes.to_safetensors().map_err(anyhow::Error::msg)?,
+        &stage_codes
+            .to_safetensors_with("bit 0: stage 1 updates the element, bit 1: stage 2 does")
+            .map_err(anyhow::Error::msg)?,
     )?;
     write_atomic(
         &out.join("par_report.json"),
