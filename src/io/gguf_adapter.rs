@@ -6,7 +6,7 @@
 //! so for the same inputs the bytes are the converter's. OFT has no llama.cpp adapter type.
 
 use super::gguf::MetaValue;
-use super::gguf_write::{GgufWriteError, OutTensor, write_gguf};
+use super::gguf_write::{GgufWriteError, OutTensor, QUANT_VERSION, write_gguf};
 use super::peft::{CONFIG, WEIGHTS, parse_config};
 use super::{FileSource, LoadError, read_json, read_required, safetensors as st};
 use crate::adapters::{Method, peft_key};
@@ -17,8 +17,6 @@ use crate::model::weights::Checkpoint;
 use crate::quant::ggml::GgmlType;
 use std::collections::BTreeMap;
 
-/// gguf-py's `GGML_QUANT_VERSION`, written as `general.quantization_version`.
-const QUANT_VERSION: u32 = 2;
 
 /// Storage type of the adapter tensors: the converter's `--outtype` (f32 is its default).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -6,12 +6,9 @@
 //! (tests compare file hashes). Knows nothing about adapters: `merge` hands it merged weights.
 
 use super::gguf::MetaValue;
-use super::gguf_write::{GgufWriteError, OutTensor, write_gguf};
+use super::gguf_write::{GgufWriteError, OutTensor, QUANT_VERSION, write_gguf};
 use crate::quant::ggml::{GgmlError, GgmlType, dequantize, quantize};
 use thiserror::Error;
-
-/// `general.quantization_version` llama.cpp writes (`GGML_QNT_VERSION`).
-pub const QUANT_VERSION: u32 = 2;
 
 /// A quantization mix: the `--quant` values of `wgtune merge --format gguf`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -9,6 +9,10 @@ use thiserror::Error;
 /// The GGUF version written.
 pub const GGUF_VERSION: u32 = 3;
 
+/// ggml's `GGML_QNT_VERSION` (gguf-py's `GGML_QUANT_VERSION`), written as
+/// `general.quantization_version` by every GGUF writer here.
+pub const QUANT_VERSION: u32 = 2;
+
 /// Reasons a GGUF file cannot be written.
 #[derive(Debug, Error, Clone, PartialEq)]
 pub enum GgufWriteError {

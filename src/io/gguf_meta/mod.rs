@@ -38,13 +38,12 @@ mod sha256;
 pub mod spm;
 
 use crate::io::gguf::MetaValue;
+use crate::io::gguf_write::QUANT_VERSION;
 use crate::io::{Blob, FileSource, LoadError};
 use crate::model::config::DecoderConfig;
 use serde_json::{Map, Value};
 use thiserror::Error;
 
-/// gguf-py's `GGML_QUANT_VERSION`, written as `general.quantization_version`.
-pub const QUANT_VERSION: u32 = 2;
 
 /// Largest vocabulary accepted (tokens are listed one by one in the metadata): 4 Mi entries, ten
 /// times the largest supported family's.
