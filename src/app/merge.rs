@@ -236,10 +236,6 @@ pub fn merge_to_gguf(
         let meta = super::gguf_meta::hf_metadata(model, &c, mix.ftype().unwrap_or(ftype))?;
         (meta, tensors, ftype)
     };
-    let cols: Vec<(String, u64)> = tensors
-        .iter()
-        .map(|t| (t.name.clone(), t.dims[0]))
-        .collect();
     let written = write_model_gguf(&metadata, tensors, mix, same_ftype, c.num_hidden_layers)
         .with_context(|| format!("{}: cannot write the merged model", out.display()))?;
     write_atomic(out, &written.bytes)?;
@@ -258,7 +254,7 @@ pub fn merge_to_gguf(
         written.bytes.len() as f64 / 1e6,
         changed.len()
     );
-    for note in fallback_notes(&written.tensors, &cols) {
+    for note in fallback_notes(&written.tensors) {
         report += &format!("  fallback (as llama-quantize): {note}\n");
     }
     let o = out.display();

@@ -164,6 +164,8 @@ pub struct WrittenTensor {
     pub name: String,
     /// The type written.
     pub ty: GgmlType,
+    /// Its row length (`ne[0]`).
+    pub n_cols: u64,
     /// The type the mix asked for when the row length could not take it (llama.cpp's fallback).
     pub fallback_from: Option<GgmlType>,
 }
@@ -360,6 +362,7 @@ pub fn write_model_gguf(
         written.push(WrittenTensor {
             name: t.name.clone(),
             ty,
+            n_cols: t.dims.first().copied().unwrap_or(1),
             fallback_from,
         });
     }
@@ -389,20 +392,19 @@ type FallbackGroup<'a> = (
 
 /// One line per fallback llama.cpp would also take, grouped by (wanted, written) type, or
 /// nothing: `12 tensors with rows of 32, 64 values (not a multiple of 256) got Q5_0 instead of
-/// Q4_K: blk.0.attn_k.weight, …`. `cols` gives each tensor's row length.
-pub fn fallback_notes(written: &[WrittenTensor], cols: &[(String, u64)]) -> Vec<String> {
+/// Q4_K: blk.0.attn_k.weight, …`.
+pub fn fallback_notes(written: &[WrittenTensor]) -> Vec<String> {
     let mut groups: Vec<FallbackGroup<'_>> = Vec::new();
     for w in written {
         let Some(from) = w.fallback_from else {
             continue;
         };
-        let n = cols.iter().find(|(n, _)| *n == w.name).map_or(0, |c| c.1);
         match groups.iter_mut().find(|g| g.0 == (from, w.ty)) {
             Some(g) => {
                 g.1.push(&w.name);
-                g.2.insert(n);
+                g.2.insert(w.n_cols);
             }
-            None => groups.push(((from, w.ty), vec![&w.name], [n].into())),
+            None => groups.push(((from, w.ty), vec![&w.name], [w.n_cols].into())),
         }
     }
     groups
