@@ -3,8 +3,8 @@
 //! `wgtune export --format trl`: a run file as a TRL + peft training script folder
 //! ([`crate::io::trl_script`]), written atomically.
 
-use super::files::{DirSource, model_source, read_blob, write_atomic};
-use crate::io::gguf_adapter::{OutType, lora_to_gguf, title};
+use super::files::{DirSource, folder_title, model_source, read_blob, write_atomic};
+use crate::io::gguf_adapter::{OutType, lora_to_gguf};
 use crate::io::trl_script::{self, MARKER, TrlPaths};
 use crate::model::config::DecoderConfig;
 use crate::model::loader::read_model_info;
@@ -106,8 +106,7 @@ pub fn export_adapter_gguf(
     outtype: OutType,
 ) -> Result<String> {
     let config = base_config(base)?;
-    let folder = std::fs::canonicalize(adapter).unwrap_or_else(|_| adapter.to_path_buf());
-    let name = title(&folder.file_name().unwrap_or_default().to_string_lossy());
+    let name = folder_title(adapter);
     let bytes = lora_to_gguf(&DirSource::new(adapter), &config, &name, outtype)?;
     write_atomic(out, &bytes)?;
     let o = out.display();

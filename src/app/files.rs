@@ -98,6 +98,13 @@ pub fn model_source<'a>(
     })
 }
 
+/// The name llama.cpp's converters give a folder's model or adapter without `--model-name`: the
+/// folder's own name (resolved, so `.` works) through gguf-py's title casing.
+pub fn folder_title(folder: &Path) -> String {
+    let resolved = std::fs::canonicalize(folder).unwrap_or_else(|_| folder.to_path_buf());
+    crate::io::gguf_adapter::title(&resolved.file_name().unwrap_or_default().to_string_lossy())
+}
+
 /// Write `bytes` to `path` atomically: a temp file beside it, fsync, then rename over `path`.
 /// On failure `path` is untouched and the error names it.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {

@@ -2,9 +2,8 @@
 //! llama.cpp's `convert_hf_to_gguf.py` writes (architecture keys, tokenizer, chat template;
 //! [`crate::io::gguf_meta`]) and the tensors it generates (Llama 3's `rope_freqs.weight`).
 
-use super::files::DirSource;
+use super::files::{DirSource, folder_title};
 use crate::io::gguf::MetaValue;
-use crate::io::gguf_adapter::title;
 use crate::io::gguf_meta::{HfFileBlobs, HfMetaOptions, hf_gguf_metadata, llama3_rope_freqs};
 use crate::io::gguf_model::{ModelTensor, TensorData};
 use crate::model::config::DecoderConfig;
@@ -33,9 +32,8 @@ pub fn hf_metadata(
     ftype: u32,
 ) -> Result<Vec<(String, MetaValue)>> {
     let blobs = HfFileBlobs::read(&DirSource::new(model))?;
-    let folder = std::fs::canonicalize(model).unwrap_or_else(|_| model.to_path_buf());
     let opts = HfMetaOptions {
-        name: title(&folder.file_name().unwrap_or_default().to_string_lossy()),
+        name: folder_title(model),
         file_type: ftype,
         ..Default::default()
     };

@@ -17,7 +17,6 @@ use crate::model::weights::Checkpoint;
 use crate::quant::ggml::GgmlType;
 use std::collections::BTreeMap;
 
-
 /// Storage type of the adapter tensors: the converter's `--outtype` (f32 is its default).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum OutType {

@@ -44,7 +44,6 @@ use crate::model::config::DecoderConfig;
 use serde_json::{Map, Value};
 use thiserror::Error;
 
-
 /// Largest vocabulary accepted (tokens are listed one by one in the metadata): 4 Mi entries, ten
 /// times the largest supported family's.
 pub const MAX_VOCAB: usize = 1 << 22;
